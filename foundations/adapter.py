@@ -1,0 +1,65 @@
+"""The contract between a modality adapter and the modality-agnostic core.
+
+An adapter owns everything that knows about pixels, voxels, samples or points: it turns a batch
+of raw inputs ``x`` into tokens with coordinates, gives the reconstruction targets, and maps a
+prediction back to the input space. The core only ever sees what these methods return.
+
+    embed(x)              -> Tokens(tokens (B, N, D), coords (B, N, k))
+    targets(x, valid)     -> Targets(values (B, N, P), weights (B, N, P) or None)
+    unpatchify(values)    -> x-shaped tensor   (inverse of ``targets`` on full token sets)
+    loss(pred, target, w) -> scalar            (default: masked MSE; point clouds use Chamfer)
+
+``valid`` is an optional element mask of the input's shape (1 = counts in the loss), e.g. the
+imaged sector of an ultrasound frame. Coordinates may be grid indices, physical positions or
+continuous centres; ``pos_embed`` says whether the core embeds them with fixed sin-cos or a
+learned MLP. Every adapter has a frozen dataclass ``config`` that round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from foundations.losses import masked_mse
+
+
+class Tokens(NamedTuple):
+    tokens: torch.Tensor  # (B, N, D)
+    coords: torch.Tensor  # (B, N, k) float
+
+
+class Targets(NamedTuple):
+    values: torch.Tensor  # (B, N, P)
+    weights: torch.Tensor | None  # (B, N, P) in [0, 1], or None = all ones
+
+
+class Adapter(nn.Module):
+    """Base class of modality adapters; subclasses set the class attributes and the methods."""
+
+    name: str  # key in modalities.ADAPTERS
+    coord_dim: int  # k
+    target_dim: int  # P
+    pos_embed: str = "sincos"  # "sincos" for grids, "mlp" for continuous coordinates
+
+    def __init__(self, config, dim: int):
+        super().__init__()
+        self.config, self.dim = config, dim
+
+    def embed(self, x) -> Tokens:
+        raise NotImplementedError
+
+    def targets(self, x, valid: torch.Tensor | None = None) -> Targets:
+        raise NotImplementedError
+
+    def unpatchify(self, values: torch.Tensor):
+        raise NotImplementedError
+
+    def loss(self, pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
+        """pred, target: (B, M, P) for the M predicted tokens -> scalar."""
+        return masked_mse(pred, target, weights, norm_target)
+
+    def config_dict(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self.config)}

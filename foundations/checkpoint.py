@@ -1,0 +1,96 @@
+"""Pretrained encoders on disk: ``config.json`` + ``model.safetensors`` (no pickle).
+
+``config.json`` carries everything needed to rebuild the encoder and feed it correctly: the
+encoder config, the adapter's config (with its normalisation statistics), the data card of the
+data it was trained on, and free-form metadata (class names, training summary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from foundations.vit import Encoder, EncoderConfig
+
+FORMAT = "mae-foundations/encoder"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message names the file and the problem."""
+
+
+def save_pretrained(encoder: Encoder, directory, data_card: str | None = None, **meta) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "encoder": dataclasses.asdict(encoder.cfg),
+        "adapter": encoder.adapter.config_dict(),
+        "data_card": data_card,
+        **meta,
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    save_file(state, directory / "model.safetensors", metadata={"format": FORMAT})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def read_config(directory) -> dict:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; expected a directory written by save_pretrained")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format is {config.get('format')!r}, expected {FORMAT!r}")
+    if config.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: version {config['version']} is newer than this library's {VERSION}")
+    return config
+
+
+def load_encoder(directory, device: str | torch.device = "cpu") -> Encoder:
+    """Rebuild a pretrained encoder from ``directory``; ``encoder.info`` holds its config.json."""
+    from modalities import build_adapter  # the registry of adapters lives with the adapters
+
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        enc_cfg = EncoderConfig(**config["encoder"])
+        adapter = build_adapter(config["adapter"], enc_cfg.dim)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: invalid encoder or adapter config ({e})") from None
+    encoder = Encoder(adapter, enc_cfg)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: not found")
+    try:
+        state = load_file(weights, device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({e})") from None
+    load_state(encoder, state, weights)
+    encoder.info = config
+    return encoder.to(device).eval()
+
+
+def load_state(module: torch.nn.Module, state: dict, source) -> None:
+    """Strict load that names missing, unexpected and mis-shaped keys instead of a bare traceback."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+                 f"shape mismatches: {shapes[:3]}" if shapes else ""]
+        raise CheckpointError(f"{source}: weights do not match the model: " + "; ".join(p for p in parts if p))
+    module.load_state_dict(state)

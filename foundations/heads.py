@@ -1,0 +1,89 @@
+"""Heads for downstream use of a pretrained encoder.
+
+- ``ClassifierHead``: pooled features -> LayerNorm -> dropout -> Linear, for fine-tuning (MAE's
+  global-pool head with fc_norm).
+- ``LinearProbeHead``: BatchNorm without affine parameters before the linear layer, as MAE's
+  linear probing protocol (He et al. 2022, appendix A.2) prescribes to normalise frozen features.
+- ``Classifier``: encoder + head + label-smoothed cross-entropy, returning named outputs.
+- ``layer_decay_groups``: layer-wise lr decay (Clark et al. 2020, BEiT, MAE fine-tuning).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, dim: int, n_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, n_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=2e-5)  # MAE: a near-zero head at the start
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, classes)
+        return self.fc(self.drop(self.norm(features)))
+
+
+class LinearProbeHead(nn.Module):
+    def __init__(self, dim: int, n_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.fc = nn.Linear(dim, n_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, classes)
+        return self.fc(self.bn(features))
+
+
+class ClassifierOutput(NamedTuple):
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, classes)
+
+
+class Classifier(nn.Module):
+    """Encoder (any modality) + head. ``encoder=None`` trains the head on precomputed features."""
+
+    def __init__(self, encoder: nn.Module | None, head: nn.Module, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.encoder, self.head, self.label_smoothing = encoder, head, label_smoothing
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(self, x, y: torch.Tensor | None = None) -> ClassifierOutput:
+        features = self.encoder(x).features if self.encoder is not None else x
+        logits = self.head(features)
+        loss = None
+        if y is not None:
+            loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        return ClassifierOutput(loss, logits)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the adapter, positions and cls token; i + 1 for block i; depth + 1 for the rest."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith(("adapter.", "pos_embed.", "cls_token")):
+        return 0
+    return depth + 1
+
+
+def layer_decay_groups(model: Classifier, weight_decay: float, decay: float) -> list[dict]:
+    """Parameter groups with ``lr_scale = decay ** (depth + 1 - layer_id)`` and no decay on 1-D params."""
+    depth = len(model.encoder.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name.removeprefix("encoder."), depth) if name.startswith("encoder.") else depth + 1
+        no_wd = p.ndim <= 1 or name.endswith("token")
+        group = groups.setdefault((lid, no_wd), {
+            "params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (depth + 1 - lid)})
+        group["params"].append(p)
+    return list(groups.values())

@@ -1,0 +1,35 @@
+"""Reconstruction losses on predicted tokens (the core computes them on hidden tokens only)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def normalize_target(target: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-6):
+    """Per-token normalisation of MAE's norm_pix_loss: (B, M, P) -> (normalised, mean, std).
+
+    With ``weights``, mean and variance are taken over the weighted elements only, so pixels
+    outside an ultrasound sector do not shift the statistics of a patch on its border.
+    """
+    if weights is None:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True, unbiased=False)
+    else:
+        w_sum = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+        mean = (weights * target).sum(dim=-1, keepdim=True) / w_sum
+        var = (weights * (target - mean) ** 2).sum(dim=-1, keepdim=True) / w_sum
+    std = (var + eps).sqrt()
+    return (target - mean) / std, mean, std
+
+
+def masked_mse(pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
+    """Mean squared error over the predicted tokens, honouring per-element weights.
+
+    pred, target, weights: (B, M, P). Returns the weighted mean over every element.
+    """
+    if norm_target:
+        target, _, _ = normalize_target(target, weights)
+    err = (pred.float() - target.float()) ** 2
+    if weights is None:
+        return err.mean()
+    return (err * weights).sum() / weights.sum().clamp_min(1.0)

@@ -1,0 +1,110 @@
+"""Masking strategies over token sets.
+
+The one mask convention of the project, used everywhere:
+
+    mask: (B, N) bool, True = hidden (the encoder never sees it), False = visible.
+
+Every strategy hides the same exact count of tokens in every sample, so visible tokens gather
+into a dense (B, N_vis, D) tensor with no padding. A strategy turns per-token scores into a
+mask: the ``n_hide`` lowest scores are hidden.
+
+- random: i.i.d. uniform scores, as in MAE (He et al. 2022).
+- block: tokens near a few random seed tokens (distance in coordinate space), which hides
+  spatially contiguous blobs as in GMML (Atito et al. 2021) and Point-MAE's block masking; it works
+  on grids and on irregular token sets (point-group centres) alike.
+- tube: one random score per tube, shared along ``axis``, as in VideoMAE (Tong et al. 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    strategy: str = "random"  # random | block | tube
+    ratio: float = 0.75
+    block_tokens: int = 16  # block: mean tokens per block (seeds = n_hide / block_tokens)
+    tube_axis: int = 0  # tube: coordinate axis that tubes run along
+
+    def __post_init__(self):
+        if self.strategy not in ("random", "block", "tube"):
+            raise ValueError(f"MaskConfig.strategy must be random|block|tube, got {self.strategy!r}")
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"MaskConfig.ratio must be in (0, 1), got {self.ratio}")
+        if self.block_tokens < 1:
+            raise ValueError(f"MaskConfig.block_tokens must be >= 1, got {self.block_tokens}")
+
+
+class MaskPlan(NamedTuple):
+    mask: torch.Tensor  # (B, N) bool, True = hidden
+    ids_keep: torch.Tensor  # (B, N_vis) long, indices of visible tokens
+    ids_hide: torch.Tensor  # (B, N_hide) long, indices of hidden tokens
+
+
+def _rand(shape, device, generator: torch.Generator | None) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def plan_from_scores(scores: torch.Tensor, n_hide: int) -> MaskPlan:
+    """scores: (B, N); the ``n_hide`` lowest scores in each row are hidden."""
+    B, N = scores.shape
+    if not 0 < n_hide < N:
+        raise ValueError(f"must hide between 1 and {N - 1} of {N} tokens, got {n_hide}")
+    order = scores.argsort(dim=1)  # (B, N)
+    ids_hide, ids_keep = order[:, :n_hide], order[:, n_hide:]
+    mask = torch.zeros(B, N, dtype=torch.bool, device=scores.device)
+    mask.scatter_(1, ids_hide, True)
+    return MaskPlan(mask, ids_keep, ids_hide)
+
+
+def hidden_count(n_tokens: int, ratio: float) -> int:
+    return min(max(int(round(n_tokens * ratio)), 1), n_tokens - 1)
+
+
+def random_masking(coords: torch.Tensor, ratio: float, generator=None) -> MaskPlan:
+    B, N, _ = coords.shape
+    return plan_from_scores(_rand((B, N), coords.device, generator), hidden_count(N, ratio))
+
+
+def block_masking(coords: torch.Tensor, ratio: float, block_tokens: int, generator=None) -> MaskPlan:
+    B, N, _ = coords.shape
+    n_hide = hidden_count(N, ratio)
+    n_seeds = max(1, round(n_hide / block_tokens))
+    seeds = (_rand((B, n_seeds), coords.device, generator) * N).long().clamp_max(N - 1)  # (B, S)
+    seed_xyz = coords.gather(1, seeds[..., None].expand(-1, -1, coords.shape[-1]))  # (B, S, k)
+    dist = torch.cdist(coords.float(), seed_xyz.float()).amin(dim=2)  # (B, N)
+    jitter = _rand((B, N), coords.device, generator) * 1e-3  # random order among equal distances
+    return plan_from_scores(dist + jitter, n_hide)
+
+
+def tube_masking(coords: torch.Tensor, ratio: float, axis: int, generator=None) -> MaskPlan:
+    """Tokens that share every coordinate but ``axis`` form a tube and share one score.
+
+    Tubes must all have the same length (a full grid) for the hidden count to be exact.
+    """
+    B, N, k = coords.shape
+    others = [a for a in range(k) if a != axis % k]
+    scores = torch.empty(B, N, device=coords.device)
+    n_hide = None
+    for b in range(B):
+        _, tube_id = torch.unique(coords[b][:, others], dim=0, return_inverse=True)  # (N,)
+        n_tubes = int(tube_id.max()) + 1
+        if N % n_tubes:
+            raise ValueError(f"tube masking needs equal-length tubes: {N} tokens in {n_tubes} tubes")
+        scores[b] = _rand((n_tubes,), coords.device, generator)[tube_id]
+        n_hide = hidden_count(n_tubes, ratio) * (N // n_tubes)
+    return plan_from_scores(scores, n_hide)
+
+
+def make_mask(cfg: MaskConfig, coords: torch.Tensor, generator=None) -> MaskPlan:
+    """coords: (B, N, k) -> MaskPlan with an exact hidden count per sample."""
+    if cfg.strategy == "random":
+        return random_masking(coords, cfg.ratio, generator)
+    if cfg.strategy == "block":
+        return block_masking(coords, cfg.ratio, cfg.block_tokens, generator)
+    return tube_masking(coords, cfg.ratio, cfg.tube_axis, generator)

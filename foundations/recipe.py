@@ -1,0 +1,306 @@
+"""What every domain recipe shares: the command line, the stages and the files they write.
+
+A recipe builds its ``DomainData`` (datasets, adapter config, mask, data card) and calls ``run``:
+
+    pretrain  MAE on the training split        -> encoder/, reconstructions/*.png, checkpoints/pretrain
+    probe     linear probe on frozen features  -> checkpoints/probe
+    finetune  encoder + head, layer-wise decay -> checkpoints/finetune
+    all       the three in turn (the default)
+
+Every stage adds its figures to ``metrics.json`` as soon as it ends, so a later failure loses
+nothing; ``config.yaml`` holds the resolved options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from foundations.checkpoint import CheckpointError, load_encoder, load_state, read_config, save_pretrained
+from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
+from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
+from foundations.masking import MaskConfig
+from foundations.metrics import classification_metrics
+from foundations.train import NonFiniteLossError, TrainConfig, fit, make_accelerator
+from foundations.vit import PRESETS
+
+STAGES = ("pretrain", "probe", "finetune", "all")
+
+
+@dataclass
+class DomainData:
+    """What a domain hands to ``run``. Batches are dicts with "x", "y" and optionally "valid";
+    labelled datasets have ``targets``, the class index of every item."""
+
+    pretrain: Dataset  # training split, augmented
+    train_eval: Dataset  # training split, evaluation view (probe features)
+    eval: Dataset  # held-out split, evaluation view
+    classes: list[str]
+    adapter: dict  # adapter config, {"name": ..., **fields}
+    mask: MaskConfig
+    data_card: str
+    render: Callable | None = None  # render(mae, x, valid) -> (H, W[, 3]) float image in [0, 1]
+    finetune: Dataset | None = None  # defaults to ``pretrain``
+    info: dict = field(default_factory=dict)  # figures about the data for metrics.json
+
+
+def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"accelerate launch recipes/{domain}.py", description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data and outputs")
+    g.add_argument("--data", help="dataset folder (labels.csv or one folder per class); default: built-in set")
+    g.add_argument("--eval-data", help="held-out folder; default: a stratified split of --data (fixed seed)")
+    g.add_argument("--out", default=f"runs/{domain}", help="output folder")
+    g.add_argument("--config", help="YAML file of options (same names as the flags); flags given win")
+    g.add_argument("--skip-bad-files", action="store_true", help="log, count and skip unreadable files")
+    g = p.add_argument_group("stages")
+    g.add_argument("--stage", choices=STAGES, default="all")
+    g.add_argument("--encoder", help="pretrained encoder folder to probe/fine-tune (default: OUT/encoder)")
+    g.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("model and training")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="encoder size")
+    g.add_argument("--max-steps", type=int, help="pretraining steps (overrides --epochs)")
+    g.add_argument("--epochs", type=int, help="pretraining epochs over the training split")
+    g.add_argument("--batch-size", type=int, default=32, help="per process")
+    g.add_argument("--lr", type=float, default=1.5e-4, help="pretraining base lr (x total batch / 256)")
+    g.add_argument("--mask-ratio", type=float, default=0.75)
+    g.add_argument("--mask", choices=("random", "block"), default="random", help="masking strategy")
+    g.add_argument("--probe-steps", type=int, default=300)
+    g.add_argument("--finetune-steps", type=int, default=150)
+    g.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning base lr (x total batch / 256)")
+    g.add_argument("--layer-decay", type=float, default=0.75)
+    g.add_argument("--drop-path", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
+    g.add_argument("--checkpoint-every", type=int, default=100)
+    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Flags over ``--config`` YAML over defaults."""
+    args = parser.parse_args(argv)
+    if args.config:
+        with open(args.config) as f:
+            options = yaml.safe_load(f) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            parser.error(f"{args.config}: unknown options {unknown}")
+        parser.set_defaults(**options)
+        args = parser.parse_args(argv)
+    return args
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a recipe; bad data, checkpoints or a diverging loss end with one clear line, exit code 2."""
+    from modalities.samples import DataError
+
+    try:
+        main()
+    except (DataError, CheckpointError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args: argparse.Namespace, data: DomainData) -> dict:
+    acc = make_accelerator(args.mixed_precision, args.grad_accum, args.seed)
+    out = Path(args.out)
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if args.resume and metrics_path.is_file() else {}
+    metrics.update({f"data/{k}": v for k, v in data.info.items()})
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(
+            {**vars(args), "adapter": data.adapter, "mask": dataclasses.asdict(data.mask)}, sort_keys=False))
+    acc.wait_for_everyone()
+
+    def save(new: dict) -> None:
+        metrics.update(new)
+        if acc.is_main_process:
+            metrics_path.write_text(json.dumps(metrics, indent=2))
+
+    stages = ("pretrain", "probe", "finetune") if args.stage == "all" else (args.stage,)
+    encoder_dir = out / "encoder" if "pretrain" in stages or not args.encoder else Path(args.encoder)
+    if "pretrain" in stages:
+        save(pretrain(args, data, acc, out))
+    if "probe" in stages:
+        save(probe(args, data, acc, out, encoder_dir))
+    if "finetune" in stages:
+        save(finetune(args, data, acc, out, encoder_dir))
+    if acc.is_main_process:
+        print(results_table(metrics))
+    acc.end_training()
+    return metrics
+
+
+def loader(dataset, args, shuffle: bool) -> DataLoader:
+    batch = min(args.batch_size, len(dataset))
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle, num_workers=args.workers)
+
+
+def pretrain_steps(args, n_train: int, processes: int) -> int:
+    if args.max_steps:
+        return args.max_steps
+    per_epoch = max(1, n_train // (min(args.batch_size, n_train) * processes * args.grad_accum))
+    return per_epoch * (args.epochs or 1) if args.epochs else 400
+
+
+def check_encoder(directory: Path, adapter: dict) -> None:
+    """The encoder in ``directory`` must be of this recipe's modality and channel count."""
+    theirs = read_config(directory)["adapter"]
+    for key in ("name", "channels"):
+        if theirs.get(key) != adapter.get(key):
+            raise CheckpointError(f"{directory}: encoder was trained with adapter {key}={theirs.get(key)!r}, "
+                                  f"this recipe needs {adapter.get(key)!r}")
+
+
+def pretrain(args, data: DomainData, acc, out: Path) -> dict:
+    from modalities import build_adapter
+
+    enc_cfg = dataclasses.replace(PRESETS[args.preset])
+    mae = MaskedAutoencoder(build_adapter(data.adapter, enc_cfg.dim),
+                            MAEConfig(enc_cfg, DECODER_PRESETS[args.preset], data.mask, norm_target=True))
+    if args.encoder:  # continue pretraining from a saved encoder
+        check_encoder(Path(args.encoder), data.adapter)
+        load_state(mae.encoder, load_encoder(args.encoder).state_dict(), args.encoder)
+    train_loader = loader(data.pretrain, args, shuffle=True)
+    steps = pretrain_steps(args, len(data.pretrain), acc.num_processes)
+    cfg = TrainConfig(max_steps=steps, batch_size=train_loader.batch_size, base_lr=args.lr,
+                      warmup_steps=max(1, steps // 10), checkpoint_every=args.checkpoint_every)
+    view = next(iter(DataLoader(data.eval, batch_size=8)))
+    pictures = out / "reconstructions"
+    every = max(1, steps // 4)
+
+    def on_step(step: int, model) -> None:
+        if data.render is None or not acc.is_main_process or (step % every and step != steps):
+            return
+        pictures.mkdir(parents=True, exist_ok=True)
+        model.eval()
+        valid = view["valid"].to(acc.device) if "valid" in view else None
+        image = data.render(model, view["x"].to(acc.device), valid)
+        model.train()
+        Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(pictures / f"step_{step:06d}.png")
+
+    res = fit(mae, train_loader, lambda m, b: m(b["x"], b.get("valid")).loss, cfg, acc, out, "pretrain",
+              resume=args.resume, on_step=on_step)
+    mae = acc.unwrap_model(mae)
+    held = held_out_reconstruction(mae, data.eval, args, acc)
+    if acc.is_main_process:
+        save_pretrained(mae.encoder, out / "encoder", data_card=data.data_card, classes=data.classes,
+                        mask=dataclasses.asdict(data.mask), pretrain={"steps": res.steps, "loss": res.last_loss})
+    acc.wait_for_everyone()
+    return {"pretrain/loss_first": res.first_loss, "pretrain/loss_last": res.last_loss,
+            "pretrain/steps": res.steps, **held}
+
+
+@torch.no_grad()
+def held_out_reconstruction(mae, dataset, args, acc) -> dict:
+    """Masked-token loss on held-out data, and the loss of predicting each hidden patch's own mean
+    (zero in per-patch normalised units), with one fixed mask per batch."""
+    mae.eval()
+    loss, base, n = 0.0, 0.0, 0
+    gen = torch.Generator(device=acc.device).manual_seed(args.seed)
+    for batch in DataLoader(dataset, batch_size=args.batch_size):
+        x = batch["x"].to(acc.device)
+        valid = batch["valid"].to(acc.device) if "valid" in batch else None
+        o = mae(x, valid, generator=gen)
+        target = o.target.gather(1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
+        weights = None if valid is None else mae.adapter.targets(x, valid).weights.gather(
+            1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
+        loss += o.loss.item() * len(x)
+        base += mae.adapter.loss(torch.zeros_like(o.pred), target, weights, mae.cfg.norm_target).item() * len(x)
+        n += len(x)
+    mae.train()
+    return {"pretrain/eval_loss": loss / n, "pretrain/eval_loss_patch_mean": base / n}
+
+
+def class_weights(targets, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, so that the loss weighs every class as balanced accuracy does."""
+    counts = torch.bincount(torch.as_tensor(targets), minlength=n_classes).float().clamp_min(1)
+    return counts.sum() / (n_classes * counts)
+
+
+@torch.no_grad()
+def predict(model, dataset, args, acc, key: str = "logits"):
+    """Run ``model`` over ``dataset`` on every process; gathered outputs and labels."""
+    model.eval()
+    dl = acc.prepare(DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers))
+    outs, labels = [], []
+    for batch in dl:
+        o = model(batch["x"])
+        o = getattr(o, key)
+        o, y = acc.gather_for_metrics((o, batch["y"]))
+        outs.append(o.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
+def require_encoder(encoder_dir: Path, adapter: dict) -> None:
+    if not (encoder_dir / "config.json").is_file():
+        raise CheckpointError(f"{encoder_dir}: no pretrained encoder here; run --stage pretrain first "
+                              f"or pass --encoder DIR")
+    check_encoder(encoder_dir, adapter)
+
+
+def probe(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
+    require_encoder(encoder_dir, data.adapter)
+    encoder = load_encoder(encoder_dir, acc.device)
+    train_x, train_y = predict(encoder, data.train_eval, args, acc, key="features")
+    eval_x, eval_y = predict(encoder, data.eval, args, acc, key="features")
+    n_classes = len(data.classes)
+    model = Classifier(None, LinearProbeHead(train_x.shape[1], n_classes),
+                       class_weights=class_weights(train_y, n_classes))
+    dl = DataLoader(TensorDataset(train_x, train_y), batch_size=min(256, len(train_x)), shuffle=True,
+                    drop_last=True)
+    cfg = TrainConfig(max_steps=args.probe_steps, batch_size=dl.batch_size, base_lr=0.1, weight_decay=0.0,
+                      warmup_steps=max(1, args.probe_steps // 10), clip_grad=None,
+                      checkpoint_every=args.probe_steps)
+    fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, acc, out, "probe", resume=args.resume)
+    model = acc.unwrap_model(model).eval()
+    with torch.no_grad():
+        logits = model(eval_x.to(acc.device)).logits.cpu()
+    return {f"probe/{k}": v for k, v in classification_metrics(logits, eval_y).items()}
+
+
+def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
+    require_encoder(encoder_dir, data.adapter)
+    encoder = load_encoder(encoder_dir)
+    cfg_dp = dataclasses.replace(encoder.cfg, drop_path=args.drop_path)
+    if cfg_dp != encoder.cfg:  # rebuild with stochastic depth, same weights
+        rebuilt = type(encoder)(encoder.adapter, cfg_dp)
+        load_state(rebuilt, encoder.state_dict(), encoder_dir)
+        encoder = rebuilt
+    dataset = data.finetune or data.pretrain
+    n_classes = len(data.classes)
+    model = Classifier(encoder, ClassifierHead(encoder.cfg.dim, n_classes), args.label_smoothing,
+                       class_weights(dataset.targets, n_classes))
+    dl = loader(dataset, args, shuffle=True)
+    steps = args.finetune_steps
+    cfg = TrainConfig(max_steps=steps, batch_size=dl.batch_size, base_lr=args.finetune_lr,
+                      warmup_steps=max(1, steps // 10), checkpoint_every=args.checkpoint_every)
+    groups = layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
+    fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, "finetune", groups=groups,
+        resume=args.resume)
+    logits, labels = predict(acc.unwrap_model(model), data.eval, args, acc)
+    return {f"finetune/{k}": v for k, v in classification_metrics(logits, labels).items()}
+
+
+def results_table(metrics: dict) -> str:
+    rows = [f"{k:<36} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k:<36} {v}"
+            for k, v in metrics.items() if not isinstance(v, (list, dict))]
+    return "\n".join(["", "results", "-" * 46, *rows, ""])

@@ -1,0 +1,153 @@
+"""Vision-Transformer encoder over token sets (Dosovitskiy et al. 2021; MAE, He et al. 2022).
+
+The encoder takes an adapter's tokens and coordinates, adds a positional embedding computed from
+the coordinates, keeps only the visible tokens when a mask plan is given, and runs pre-norm
+blocks with fused qkv and ``F.scaled_dot_product_attention``. timm provides the MLP, DropPath and
+LayerScale; attention is written here so that SDPA is always the kernel (timm's Attention picks
+its kernel from an environment switch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from foundations.pos_embed import PosEmbed
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    cls_token: bool = False
+    layer_scale: float | None = None  # init value of LayerScale, None = off
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        for name in ("dim", "depth", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ValueError(f"EncoderConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"EncoderConfig.drop_path must be in [0, 1), got {self.drop_path}")
+
+
+PRESETS = {
+    "tiny": EncoderConfig(dim=192, depth=12, heads=3),
+    "small": EncoderConfig(dim=384, depth=12, heads=6),
+    "base": EncoderConfig(dim=768, depth=12, heads=12),
+    "large": EncoderConfig(dim=1024, depth=24, heads=16),
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, hd)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, hd)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DropPath(LS(Attn(LN x))), then the same with the MLP."""
+
+    def __init__(self, dim, heads, mlp_ratio=4.0, drop_path=0.0, layer_scale=None):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    for blk in blocks:
+        if grad_checkpointing and x.requires_grad:
+            x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: truncated-normal linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, C), ids: (B, M) -> (B, M, C)."""
+    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class EncoderOutput(NamedTuple):
+    features: torch.Tensor  # (B, D): mean of the tokens, or the cls token
+    tokens: torch.Tensor  # (B, N, D): patch tokens after the final norm (no cls)
+
+
+class Encoder(nn.Module):
+    """An adapter plus a ViT: raw inputs of one modality -> features and tokens."""
+
+    def __init__(self, adapter, cfg: EncoderConfig):
+        super().__init__()
+        self.adapter, self.cfg = adapter, cfg
+        self.pos_embed = PosEmbed(adapter.pos_embed, adapter.coord_dim, cfg.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.cls_token else None
+        dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth rule
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.layer_scale) for i in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        for part in (self.pos_embed, self.blocks, self.norm):  # the adapter initialises itself
+            part.apply(init_weights)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def n_prefix(self) -> int:
+        return int(self.cls_token is not None)
+
+    def forward_tokens(self, tokens, coords, ids_keep=None) -> torch.Tensor:
+        """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
+        -> (B, n_prefix + Nv, D) normed, cls first when present."""
+        if ids_keep is not None:
+            tokens, coords = gather_tokens(tokens, ids_keep), gather_tokens(coords, ids_keep)
+        x = tokens + self.pos_embed(coords).to(tokens.dtype)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = run_blocks(self.blocks, x, self.cfg.grad_checkpointing)
+        return self.norm(x)
+
+    def forward(self, x) -> EncoderOutput:
+        tokens, coords = self.adapter.embed(x)
+        out = self.forward_tokens(tokens, coords)
+        patch = out[:, self.n_prefix :]
+        features = out[:, 0] if self.cls_token is not None else patch.mean(dim=1)
+        return EncoderOutput(features, patch)

@@ -1,0 +1,95 @@
+"""Finding labelled files in the standard layouts, and splitting them without leakage.
+
+Two layouts are understood, in this order:
+  DIR/labels.csv   a CSV with a path column (``path``, ``image_path``, ``file`` or ``filename``,
+                   relative to DIR) and a ``label`` column; other columns are ignored.
+  DIR/<class>/...  one folder per class, files anywhere below it.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+PATH_COLUMNS = ("path", "image_path", "file", "filename")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+
+
+def discover(root, extensions: tuple[str, ...]) -> list[Sample]:
+    """Labelled files under ``root`` with one of ``extensions`` (lower case, with the dot)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    table = root / "labels.csv"
+    samples = _from_csv(table, extensions) if table.is_file() else _from_folders(root, extensions)
+    if not samples:
+        raise DataError(
+            f"{root}: no data found; expected labels.csv (path,label) or one folder per class "
+            f"holding files ending in {', '.join(extensions)}"
+        )
+    return samples
+
+
+def _from_csv(table: Path, extensions) -> list[Sample]:
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        path_col = next((c for c in PATH_COLUMNS if c in columns), None)
+        if path_col is None or "label" not in columns:
+            raise DataError(f"{table}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column, "
+                            f"found {columns}")
+        samples = []
+        for line, row in enumerate(reader, start=2):
+            path = table.parent / row[path_col]
+            if not path.is_file():
+                raise DataError(f"{table}, line {line}: file {path} does not exist")
+            if path.suffix.lower() in extensions:
+                samples.append(Sample(path, row["label"].strip()))
+    return samples
+
+
+def _from_folders(root: Path, extensions) -> list[Sample]:
+    return [
+        Sample(path, cls.name)
+        for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for path in sorted(cls.rglob("*"))
+        if path.is_file() and path.suffix.lower() in extensions
+    ]
+
+
+def require_classes(samples: list[Sample], where) -> list[str]:
+    """The sorted class names; a labelled task needs at least two."""
+    classes = sorted({s.label for s in samples})
+    if len(classes) < 2:
+        raise DataError(f"{where}: only one class ({classes[0]!r}); probing and fine-tuning need at least two")
+    return classes
+
+
+def stratified_split(items: list, labels: list[str], groups: list[str], eval_fraction: float, seed: int):
+    """Split indices into (train, eval) per class, keeping each group (e.g. all frames of one clip)
+    on one side, with at least one group of each class on each side when the class has two."""
+    by_class: dict[str, set[str]] = defaultdict(set)
+    for label, group in zip(labels, groups, strict=True):
+        by_class[label].add(group)
+    rng = random.Random(seed)
+    eval_groups = set()
+    for label in sorted(by_class):
+        members = sorted(by_class[label])
+        rng.shuffle(members)
+        n_eval = min(max(1, round(len(members) * eval_fraction)), len(members) - 1) if len(members) > 1 else 0
+        eval_groups.update(members[:n_eval])
+    train = [i for i in range(len(items)) if groups[i] not in eval_groups]
+    held = [i for i in range(len(items)) if groups[i] in eval_groups]
+    return train, held
