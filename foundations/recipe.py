@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from foundations.checkpoint import CheckpointError, load_encoder, load_state, read_config, save_pretrained
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
+from foundations.losses import normalize_target
 from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
 from foundations.metrics import classification_metrics
@@ -52,6 +53,7 @@ class DomainData:
     data_card: str
     render: Callable | None = None  # render(mae, x, valid) -> (H, W[, 3]) float image in [0, 1]
     finetune: Dataset | None = None  # defaults to ``pretrain``
+    norm_target: bool = True  # MAE's norm_pix_loss; a domain whose patches are mostly noise turns it off
     info: dict = field(default_factory=dict)  # figures about the data for metrics.json
 
 
@@ -78,6 +80,8 @@ def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1.5e-4, help="pretraining base lr (x total batch / 256)")
     g.add_argument("--mask-ratio", type=float, default=0.75)
     g.add_argument("--mask", choices=("random", "block"), default="random", help="masking strategy")
+    g.add_argument("--norm-pix", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-patch normalised targets (MAE's norm_pix_loss); default: the domain's choice")
     g.add_argument("--probe-steps", type=int, default=300)
     g.add_argument("--finetune-steps", type=int, default=150)
     g.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning base lr (x total batch / 256)")
@@ -172,9 +176,10 @@ def check_encoder(directory: Path, adapter: dict) -> None:
 def pretrain(args, data: DomainData, acc, out: Path) -> dict:
     from modalities import build_adapter
 
-    enc_cfg = dataclasses.replace(PRESETS[args.preset])
+    enc_cfg = PRESETS[args.preset]
+    norm_target = data.norm_target if args.norm_pix is None else args.norm_pix
     mae = MaskedAutoencoder(build_adapter(data.adapter, enc_cfg.dim),
-                            MAEConfig(enc_cfg, DECODER_PRESETS[args.preset], data.mask, norm_target=True))
+                            MAEConfig(enc_cfg, DECODER_PRESETS[args.preset], data.mask, norm_target))
     if args.encoder:  # continue pretraining from a saved encoder
         check_encoder(Path(args.encoder), data.adapter)
         load_state(mae.encoder, load_encoder(args.encoder).state_dict(), args.encoder)
@@ -210,10 +215,11 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
 
 @torch.no_grad()
 def held_out_reconstruction(mae, dataset, args, acc) -> dict:
-    """Masked-token loss on held-out data, and the loss of predicting each hidden patch's own mean
-    (zero in per-patch normalised units), with one fixed mask per batch."""
+    """Masked-token loss on held-out data, with one fixed mask per batch, beside two baselines:
+    ``patch_mean`` predicts each hidden patch as flat at its own true mean (an oracle of brightness),
+    ``dataset_mean`` predicts the dataset mean (zero in normalised units)."""
     mae.eval()
-    loss, base, n = 0.0, 0.0, 0
+    loss, base, zero, n = 0.0, 0.0, 0.0, 0
     gen = torch.Generator(device=acc.device).manual_seed(args.seed)
     for batch in DataLoader(dataset, batch_size=args.batch_size):
         x = batch["x"].to(acc.device)
@@ -222,11 +228,15 @@ def held_out_reconstruction(mae, dataset, args, acc) -> dict:
         target = o.target.gather(1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
         weights = None if valid is None else mae.adapter.targets(x, valid).weights.gather(
             1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
+        _, patch_mean, _ = normalize_target(target, weights)  # (B, M, 1)
+        flat = patch_mean.expand_as(target)
         loss += o.loss.item() * len(x)
-        base += mae.adapter.loss(torch.zeros_like(o.pred), target, weights, mae.cfg.norm_target).item() * len(x)
+        base += mae.adapter.loss(flat, target, weights, mae.cfg.norm_target).item() * len(x)
+        zero += mae.adapter.loss(torch.zeros_like(target), target, weights, mae.cfg.norm_target).item() * len(x)
         n += len(x)
     mae.train()
-    return {"pretrain/eval_loss": loss / n, "pretrain/eval_loss_patch_mean": base / n}
+    return {"pretrain/eval_loss": loss / n, "pretrain/eval_loss_patch_mean": base / n,
+            "pretrain/eval_loss_dataset_mean": zero / n}
 
 
 def class_weights(targets, n_classes: int) -> torch.Tensor:

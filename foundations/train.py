@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,7 +133,10 @@ def fit(
         return FitResult(first_loss, state["last_loss"], step)
 
     log = out_dir / "log.jsonl"
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=stage, disable=not acc.is_local_main_process)
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    interactive = sys.stderr.isatty()  # a bar on a terminal; plain log lines in files and CI
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=stage, disable=not (acc.is_local_main_process and interactive))
     micro = step * acc.gradient_accumulation_steps
     epoch, skip = divmod(micro, len(loader))
     running, n_running, t0, last_loss = 0.0, 0, time.perf_counter(), float("nan")
@@ -172,6 +176,9 @@ def fit(
                 record = {"stage": stage, "step": step, "loss": mean, "lr": scheduler.get_last_lr()[0],
                           "elapsed_s": round(time.perf_counter() - t0, 2)}
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{record['lr']:.2e}")
+                if not interactive and (step % (cfg.log_every * 10) == 0 or step == cfg.max_steps):
+                    acc.print(f"[{stage}] step {step}/{cfg.max_steps} loss {mean:.4f} lr {record['lr']:.2e} "
+                              f"({record['elapsed_s']:.0f} s)")
                 if acc.is_main_process:
                     with log.open("a") as f:
                         f.write(json.dumps(record) + "\n")

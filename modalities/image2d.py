@@ -114,7 +114,7 @@ def reconstruction_grid(mae, x: torch.Tensor, valid: torch.Tensor | None = None,
 
     adapter = mae.adapter
     out = mae(x, valid, generator=torch.Generator(device=x.device).manual_seed(seed))
-    target, (B, N, P) = out.target, out.target.shape
+    target, P = out.target, out.target.shape[-1]
     pred = out.pred.float()
     if mae.cfg.norm_target:  # predictions are in per-patch normalised units: map them back
         w = None if valid is None else gather_tokens(adapter.targets(x, valid).weights, out.ids_pred)

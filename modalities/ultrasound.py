@@ -63,7 +63,7 @@ def read_clip(path, n_frames: int) -> np.ndarray:
             raise DataError(f"{path}: clip has no frames")
         idx = np.linspace(0, total - 1, min(n_frames, total)).round().astype(int)
         frames = reader.get_batch(list(idx)).asnumpy()  # (T, H, W, 3) uint8
-    except decord.DECORDError as e:
+    except RuntimeError as e:  # decord's errors, DECORDError among them, are RuntimeErrors
         raise DataError(f"{path}: cannot read clip ({str(e).splitlines()[0]})") from None
     return frames.astype(np.float32).mean(-1) / 255.0
 
@@ -164,7 +164,7 @@ def load_frames(samples: list[Sample], size: int, patch: int, frames_per_clip: i
     """Read every sample into a ``FrameDataset``; returns (dataset, skipped [(path, reason)])."""
     frames, sectors, labels, groups, skipped = [], [], [], [], []
     store = round(size * 1.25)
-    for s in tqdm(samples, desc="reading ultrasound", disable=not progress):
+    for s in tqdm(samples, desc="reading ultrasound", disable=None if progress else True):  # None: TTY only
         try:
             suffix = s.path.suffix.lower()
             stack = read_clip(s.path, frames_per_clip) if suffix in CLIP_EXTENSIONS else read_image(s.path)[None]
@@ -243,4 +243,7 @@ def build_domain(data=None, eval_data=None, image_size: int = 128, patch: int = 
             "skipped_files": len(skipped), "skipped": skipped}
     return DomainData(pretrain=train.subset(range(len(train)), UltrasoundAugment(image_size)),
                       train_eval=train, eval=held, classes=full.classes, adapter=adapter,
-                      mask=mask or MaskConfig(), data_card=card, render=reconstruction_grid, info=info)
+                      mask=mask or MaskConfig(), data_card=card, render=reconstruction_grid, info=info,
+                      # Per-patch normalised targets leave mostly speckle, which no model can predict:
+                      # reconstruct dataset-normalised pixels, whose echogenicity is predictable.
+                      norm_target=False)

@@ -41,10 +41,11 @@ def _echo_map(rng: np.random.Generator, label: str, depth: int, beams: int) -> n
     dist = np.sqrt((z - cz) ** 2 + ((a - ca) / 2) ** 2)
     inside = dist < r
     below = (z > cz) & (np.abs(a - ca) / 2 < r * 0.8) & ~inside
+    # echogenicity scales scatterer power: 1e-4 is -40 dB (anechoic), 0.02 is -17 dB
     if label == "cyst":
-        echo = np.where(inside, 0.01, echo) * np.where(below, 1.8, 1.0)
+        echo = np.where(inside, 1e-4, echo) * np.where(below, 2.0, 1.0)
     else:
-        echo = np.where(inside, 0.08, echo) * np.where(below, 0.3, 1.0)
+        echo = np.where(inside, 0.02, echo) * np.where(below, 0.1, 1.0)
     return echo
 
 

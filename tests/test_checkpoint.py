@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+
+from foundations.checkpoint import CheckpointError, load_encoder, save_pretrained
+from foundations.vit import Encoder
+from modalities import build_adapter
+from tests.conftest import TINY_ENCODER
+
+CONFIG = {"name": "ultrasound", "channels": 1, "patch": [8, 8], "mean": [0.3], "std": [0.2], "image_size": [32, 32]}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    enc = Encoder(build_adapter(CONFIG, 32), TINY_ENCODER).eval()
+    save_pretrained(enc, tmp_path / "enc", data_card="data_cards/busi.md", classes=["a", "b"])
+    return enc, tmp_path / "enc"
+
+
+def test_save_load__same_outputs_and_metadata(saved):
+    enc, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_encoder(path)
+    x = torch.rand(2, 1, 32, 48)
+    torch.testing.assert_close(loaded(x).features, enc(x).features)
+    assert loaded.info["classes"] == ["a", "b"] and loaded.info["data_card"] == "data_cards/busi.md"
+    assert loaded.adapter.config.mean == (0.3,)  # normalisation statistics travel with the weights
+
+
+def test_load__missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json: not found"):
+        load_encoder(tmp_path / "nothing")
+
+
+def test_load__corrupt_json(saved):
+    _, path = saved
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_encoder(path)
+
+
+def test_load__foreign_format(saved):
+    _, path = saved
+    (path / "config.json").write_text(json.dumps({"architectures": ["ViTMAEForPreTraining"]}))
+    with pytest.raises(CheckpointError, match="format"):
+        load_encoder(path)
+
+
+def test_load__truncated_weights(saved):
+    _, path = saved
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable or corrupt"):
+        load_encoder(path)
+
+
+def test_load__config_and_weights_disagree(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config["encoder"]["depth"] = 3
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"1 missing|missing"):
+        load_encoder(path)
+    config["encoder"]["depth"], config["encoder"]["dim"], config["encoder"]["heads"] = 2, 64, 2
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_encoder(path)
+
+
+def test_load__invalid_config_values(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config["adapter"]["std"] = [0.0]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="invalid encoder or adapter config"):
+        load_encoder(path)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
+from foundations.vit import Encoder
+from modalities import build_adapter
+from tests.conftest import TINY_ENCODER
+
+
+def classifier(n_classes=3, smoothing=0.0):
+    adapter = build_adapter({"name": "image2d", "channels": 1, "patch": [8, 8]}, 32)
+    return Classifier(Encoder(adapter, TINY_ENCODER), ClassifierHead(32, n_classes), smoothing)
+
+
+def test_classifier__logits_and_label_smoothed_loss():
+    model = classifier()
+    out = model(torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 0]))
+    assert out.logits.shape == (4, 3)
+    # the head starts near zero: uniform predictions, loss = log(3) whatever the smoothing
+    assert out.loss.item() == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-3)
+    assert model(torch.rand(2, 1, 16, 16)).loss is None
+
+
+def test_linear_probe__batchnorm_has_no_affine_and_normalises():
+    head = LinearProbeHead(8, 2)
+    assert head.bn.weight is None and head.bn.bias is None
+    feats = torch.randn(64, 8) * 50 + 10
+    head.train()
+    normed = head.bn(feats)
+    torch.testing.assert_close(normed.mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+
+
+def test_layer_decay__scales_by_depth():
+    model = classifier()
+    groups = layer_decay_groups(model, weight_decay=0.05, decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    enc = model.encoder  # depth 2: adapter 0, blocks 1..2, head 3
+    assert scale_of[id(enc.adapter.proj.weight)] == 0.5**3
+    assert scale_of[id(enc.blocks[0].attn.qkv.weight)] == 0.5**2
+    assert scale_of[id(enc.blocks[1].mlp.fc1.weight)] == 0.5**1
+    assert scale_of[id(model.head.fc.weight)] == 1.0
+    assert wd_of[id(enc.blocks[0].norm1.weight)] == 0.0 and wd_of[id(model.head.fc.weight)] == 0.05
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

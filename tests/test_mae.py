@@ -1,0 +1,86 @@
+import dataclasses
+
+import pytest
+import torch
+
+from foundations.mae import DecoderConfig, MaskedAutoencoder
+from foundations.masking import MaskConfig
+from modalities import build_adapter
+from tests.conftest import TINY_MAE
+
+
+def make(norm_target=True, mask=None, cls=False):
+    ad = build_adapter({"name": "image2d", "channels": 1, "patch": [8, 8], "mean": [0.5], "std": [0.25]}, 32)
+    cfg = dataclasses.replace(TINY_MAE, norm_target=norm_target, mask=mask or TINY_MAE.mask,
+                              encoder=dataclasses.replace(TINY_MAE.encoder, cls_token=cls))
+    return MaskedAutoencoder(ad, cfg)
+
+
+@pytest.mark.parametrize("cls", [False, True])
+def test_mae__named_outputs_and_shapes(cls):
+    out = make(cls=cls)(torch.rand(3, 1, 32, 32))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.mask.shape == (3, 16) and (out.mask.sum(1) == 12).all()
+    assert out.pred.shape == (3, 12, 64) and out.target.shape == (3, 16, 64)
+    assert out.mask.gather(1, out.ids_pred).all()  # predictions are for hidden tokens
+
+
+def test_mae__loss_is_on_hidden_tokens_only():
+    mae = make(norm_target=False)
+    x = torch.rand(2, 1, 32, 32)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    out = mae(x, generator=gen())
+    # the loss is the MSE of the predictions against the targets of the hidden tokens, nothing else
+    target = out.target.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
+    manual = ((out.pred - target) ** 2).mean()
+    torch.testing.assert_close(out.loss, manual)
+
+
+def test_mae__weights_zero_outside_valid_region():
+    mae = make(norm_target=False)
+    x = torch.rand(2, 1, 32, 32)
+    valid = torch.zeros_like(x)
+    valid[..., :16, :] = 1  # top half only
+    out = mae(x, valid, generator=torch.Generator().manual_seed(0))
+    weights = mae.adapter.targets(x, valid).weights.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
+    target = out.target.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
+    expected = (((out.pred - target) ** 2) * weights).sum() / weights.sum()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_mae__decoder_predicts_a_requested_subset():
+    mae = make()
+    x = torch.rand(2, 1, 32, 32)
+    latent, coords, plan = mae.forward_encoder(x, torch.Generator().manual_seed(1))
+    subset = plan.ids_hide[:, :5]
+    pred, ids = mae.forward_decoder(latent, coords, plan, subset)
+    assert pred.shape == (2, 5, 64) and torch.equal(ids, subset)
+    target, weights = mae.adapter.targets(x)
+    assert torch.isfinite(mae.forward_loss(target, weights, pred, ids))
+
+
+def test_mae__gradients_reach_every_parameter():
+    mae = make(mask=MaskConfig("block", 0.75, block_tokens=4))
+    mae(torch.rand(2, 1, 32, 32)).loss.backward()
+    missing = [n for n, p in mae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_mae__loss_falls_when_overfitting_a_batch():
+    torch.manual_seed(0)
+    mae = make(norm_target=False)
+    x = torch.nn.functional.interpolate(torch.rand(4, 1, 4, 4), size=32, mode="bilinear")  # smooth images
+    opt = torch.optim.AdamW(mae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(80):
+        loss = mae(x, generator=torch.Generator().manual_seed(0)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_decoder_config__bad_heads_raise():
+    with pytest.raises(ValueError, match="divisible"):
+        DecoderConfig(dim=30, heads=4)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from foundations.masking import MaskConfig, block_masking, make_mask, random_masking, tube_masking
+
+
+def grid(*sizes):
+    axes = torch.meshgrid(*[torch.arange(s) for s in sizes], indexing="ij")
+    return torch.stack(axes, -1).reshape(-1, len(sizes)).float()
+
+
+def check_plan(plan, n_tokens, n_hide):
+    B = plan.mask.shape[0]
+    assert plan.mask.dtype == torch.bool and plan.mask.shape == (B, n_tokens)
+    assert (plan.mask.sum(1) == n_hide).all()
+    assert plan.ids_keep.shape == (B, n_tokens - n_hide) and plan.ids_hide.shape == (B, n_hide)
+    assert not plan.mask.gather(1, plan.ids_keep).any()  # kept ids are visible
+    assert plan.mask.gather(1, plan.ids_hide).all()  # hidden ids are hidden
+    both = torch.cat([plan.ids_keep, plan.ids_hide], 1).sort(1).values
+    assert torch.equal(both, torch.arange(n_tokens).expand(B, -1))  # a partition
+
+
+@pytest.mark.parametrize("ratio,n_hide", [(0.75, 48), (0.5, 32), (0.9, 58)])
+def test_random_masking__exact_count(ratio, n_hide):
+    check_plan(random_masking(grid(8, 8).expand(5, -1, -1), ratio), 64, n_hide)
+
+
+def test_random_masking__seedable_and_varies_across_samples():
+    coords = grid(8, 8).expand(4, -1, -1)
+    a = random_masking(coords, 0.75, torch.Generator().manual_seed(3))
+    b = random_masking(coords, 0.75, torch.Generator().manual_seed(3))
+    c = random_masking(coords, 0.75, torch.Generator().manual_seed(4))
+    assert torch.equal(a.mask, b.mask) and not torch.equal(a.mask, c.mask)
+    assert not torch.equal(a.mask[0], a.mask[1])
+
+
+def test_block_masking__contiguous_on_grid():
+    coords = grid(16, 16).expand(8, -1, -1)
+    block = block_masking(coords, 0.5, block_tokens=64, generator=torch.Generator().manual_seed(0))
+    rand = random_masking(coords, 0.5, torch.Generator().manual_seed(0))
+    check_plan(block, 256, 128)
+
+    def hidden_neighbour_fraction(mask):  # how often a hidden token's right neighbour is hidden too
+        m = mask.view(-1, 16, 16)
+        return ((m[:, :, :-1] & m[:, :, 1:]).sum() / m[:, :, :-1].sum()).item()
+
+    assert hidden_neighbour_fraction(block.mask) > 0.8 > 0.6 > hidden_neighbour_fraction(rand.mask)
+
+
+def test_block_masking__single_seed_hides_nearest_points():
+    coords = torch.rand(2, 100, 3)
+    plan = block_masking(coords, 0.3, block_tokens=30)
+    for b in range(2):
+        hidden, visible = coords[b][plan.mask[b]], coords[b][~plan.mask[b]]
+        centre = hidden.mean(0)  # hidden points form one ball: all nearer its centre than most visible ones
+        assert (hidden - centre).norm(dim=1).max() < (visible - centre).norm(dim=1).quantile(0.5)
+
+
+def test_tube_masking__shared_along_axis():
+    coords = grid(4, 6, 6).expand(3, -1, -1)  # (t, h, w), tubes along t
+    plan = tube_masking(coords, 0.75, axis=0)
+    check_plan(plan, 144, 27 * 4)
+    m = plan.mask.view(3, 4, 6, 6)
+    assert (m == m[:, :1]).all()  # same mask in every frame
+
+
+def test_tube_masking__unequal_tubes_raise():
+    coords = torch.cat([grid(2, 3), torch.tensor([[5.0, 0.0]])])[None]
+    with pytest.raises(ValueError, match="equal-length"):
+        tube_masking(coords, 0.5, axis=0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"strategy": "checkerboard"}, "strategy"),
+    ({"ratio": 0.0}, "ratio"),
+    ({"ratio": 1.0}, "ratio"),
+    ({"block_tokens": 0}, "block_tokens"),
+])
+def test_mask_config__bad_values_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MaskConfig(**kwargs)
+
+
+def test_make_mask__dispatches_by_strategy():
+    coords = grid(4, 4, 4).expand(2, -1, -1)
+    plan = make_mask(MaskConfig("tube", 0.5, tube_axis=2), coords)
+    m = plan.mask.view(2, 4, 4, 4)
+    assert (m == m[..., :1]).all()

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from foundations.train import NonFiniteLossError, TrainConfig, checkpoints, cosine_schedule, fit, make_accelerator
+
+
+def problem(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def mse(m, batch):
+    return torch.nn.functional.mse_loss(m(batch[0]), batch[1])
+
+
+CFG = TrainConfig(max_steps=20, batch_size=32, base_lr=0.8, warmup_steps=2, checkpoint_every=10, log_every=5)
+
+
+def loader(seed=0):
+    return DataLoader(problem(seed=seed), batch_size=32, shuffle=True, drop_last=True)
+
+
+def test_fit__loss_falls_and_logs(tmp_path):
+    res = fit(model(), loader(), mse, CFG, make_accelerator("no"), tmp_path, "toy")
+    assert res.steps == 20 and res.last_loss < 0.3 * res.first_loss
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert records[-1]["loss"] == pytest.approx(res.last_loss)
+    assert [p.name for p in checkpoints(tmp_path / "checkpoints" / "toy")] == ["step_0000010", "step_0000020"]
+
+
+def test_fit__resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    straight = model()
+    fit(straight, loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path / "a", "toy")
+
+    def crash(step, _):
+        if step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path / "b", "toy", on_step=crash)
+    resumed = model()
+    torch.nn.init.normal_(resumed[0].weight)  # only the checkpoint can bring the weights back
+    calls = []
+    counted = lambda m, b: calls.append(1) or mse(m, b)  # noqa: E731
+    res = fit(resumed, loader(), counted, CFG, make_accelerator("no", seed=1), tmp_path / "b", "toy", resume=True)
+    assert res.steps == 20 and len(calls) == 10  # from the step-10 checkpoint, not from scratch
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_fit__non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def exploding(m, batch):
+        calls["n"] += 1
+        loss = mse(m, batch)
+        return loss * float("nan") if calls["n"] > 12 else loss
+
+    net = model()
+    with pytest.raises(NonFiniteLossError, match=r"step 12.*last good checkpoint: .*step_0000010"):
+        fit(net, loader(), exploding, CFG, make_accelerator("no"), tmp_path, "toy")
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # no NaN update was applied
+    saved = load_file(checkpoints(tmp_path / "checkpoints" / "toy")[-1] / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_fit__gradient_accumulation_counts_optimizer_steps(tmp_path):
+    acc = make_accelerator("no", grad_accum=2)
+    cfg = TrainConfig(max_steps=6, batch_size=32, base_lr=0.1, warmup_steps=1, checkpoint_every=100, log_every=3)
+    res = fit(model(), loader(), mse, cfg, acc, tmp_path, "toy")
+    assert res.steps == 6
+    state = json.loads((checkpoints(tmp_path / "checkpoints" / "toy")[-1] / "trainer.json").read_text())
+    assert state["step"] == 6
+
+
+def test_cosine_schedule__warmup_then_decay():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    values = [cosine_schedule(s, cfg) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))
+    assert values[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"max_steps": 0}, "max_steps"), ({"base_lr": 0}, "base_lr")])
+def test_train_config__bad_values_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)

@@ -1,0 +1,161 @@
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modalities.samples import DataError, Sample, discover, require_classes, stratified_split
+from modalities.ultrasound import (
+    CLIP_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    UltrasoundAugment,
+    build_domain,
+    detect_sector,
+    load_frames,
+    read_clip,
+    read_image,
+)
+from modalities.ultrasound_phantom import phantom_image
+
+EXTS = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
+
+
+def write_clip(path, n_frames=10, size=(48, 64)):
+    """An H.264 clip whose frame i has brightness 20 * i."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264" if path.suffix == ".mp4" else "mpeg4", rate=10)
+        stream.height, stream.width, stream.pix_fmt = *size, "yuv420p"
+        for i in range(n_frames):
+            frame = np.full((*size, 3), 20 * i, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("suffix,mode", [(".png", "L"), (".bmp", "L"), (".tif", "L"), (".png", "RGB")])
+def test_read_image__lossless_formats_exact(tmp_path, suffix, mode):
+    grey = np.random.default_rng(0).integers(0, 256, (20, 30), dtype=np.uint8)
+    img = Image.fromarray(grey) if mode == "L" else Image.fromarray(np.stack([grey] * 3, -1))
+    img.save(tmp_path / f"a{suffix}")
+    out = read_image(tmp_path / f"a{suffix}")
+    assert out.shape == (20, 30) and out.dtype == np.float32
+    np.testing.assert_allclose(out, grey / 255.0, atol=1e-6)
+
+
+def test_read_image__16_bit_and_jpeg(tmp_path):
+    deep = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    np.testing.assert_allclose(read_image(tmp_path / "d.png"), deep / 65535.0, atol=1e-6)
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "j.jpg", quality=95)
+    assert abs(read_image(tmp_path / "j.jpg").mean() - 128 / 255) < 0.01
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_read_clip__frames_spread_over_the_clip(tmp_path, suffix):
+    write_clip(tmp_path / f"c{suffix}")
+    frames = read_clip(tmp_path / f"c{suffix}", 4)  # frames 0, 3, 6, 9
+    assert frames.shape == (4, 48, 64)
+    np.testing.assert_allclose(frames.mean((1, 2)), np.array([0, 60, 120, 180]) / 255, atol=0.03)
+
+
+@pytest.mark.parametrize("name,reader", [("bad.png", read_image), ("bad.mp4", lambda p: read_clip(p, 4))])
+def test_readers__corrupt_file_named_in_error(tmp_path, name, reader):
+    (tmp_path / name).write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(DataError, match=rf"{name}: cannot read"):
+        reader(tmp_path / name)
+
+
+def test_load_frames__skip_bad_files_counts_them(tmp_path):
+    for i in range(2):
+        Image.fromarray(np.full((40, 40), 100 + i, np.uint8)).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    samples = [Sample(tmp_path / n, "a") for n in ("ok0.png", "broken.png", "ok1.png")]
+    with pytest.raises(DataError, match="broken.png"):
+        load_frames(samples, 32, 16, progress=False)
+    dataset, skipped = load_frames(samples, 32, 16, skip_bad=True, progress=False)
+    assert len(dataset) == 2 and [p for p, _ in skipped] == [str(tmp_path / "broken.png")]
+
+
+def test_load_frames__image_smaller_than_a_patch(tmp_path):
+    Image.fromarray(np.zeros((8, 40), np.uint8)).save(tmp_path / "thin.png")
+    with pytest.raises(DataError, match=r"thin.png: image is 8x40, smaller than one 16x16 patch"):
+        load_frames([Sample(tmp_path / "thin.png", "a")], 32, 16, progress=False)
+
+
+def test_load_frames__clip_contributes_frames_with_one_group(tmp_path):
+    write_clip(tmp_path / "c.mp4", n_frames=12)
+    dataset, _ = load_frames([Sample(tmp_path / "c.mp4", "a")], 32, 16, frames_per_clip=5, progress=False)
+    assert len(dataset) == 5 and len(set(dataset.groups)) == 1
+    item = dataset[0]
+    assert item["x"].shape == (1, 32, 32) and item["valid"].shape == (1, 32, 32)
+
+
+def test_detect_sector__recovers_the_phantom_fan():
+    image, sector = phantom_image(np.random.default_rng(1), "normal", 128)
+    found = detect_sector(image)
+    iou = (found & sector[0]).sum() / (found | sector[0]).sum()
+    assert iou > 0.95
+
+
+def test_detect_sector__excludes_burnt_in_text():
+    image, sector = phantom_image(np.random.default_rng(2), "cyst", 128)
+    image = image.clone()
+    image[0, 2:6, 2:20] = 1.0  # a label in the black corner
+    found = detect_sector(image)
+    assert not found[2:6, 2:20].any() and found[sector[0]].float().mean() > 0.95
+
+
+def test_augment__shapes_range_and_sector_follows_image():
+    image, sector = phantom_image(np.random.default_rng(3), "solid", 160)
+    torch.manual_seed(0)
+    out, mask = UltrasoundAugment(size=64)(image, sector)
+    assert out.shape == (1, 64, 64) and mask.shape == (1, 64, 64)
+    assert 0 <= out.min() and out.max() <= 1
+    assert out[~mask.bool()].mean() < 0.2 * out[mask.bool()].mean()  # the mask follows the crop and flip
+
+
+def test_discover__busi_layout(shared):
+    samples = discover(shared / "ultrasound" / "busi_256", EXTS)
+    assert len(samples) == 520
+    assert require_classes(samples, "busi") == ["benign", "malignant", "normal"]
+
+
+def test_discover__pocus_layout_images_and_clips(shared):
+    samples = discover(shared / "ultrasound" / "pocus_ccby_subset", EXTS)
+    suffixes = [s.path.suffix.lower() for s in samples]
+    assert len(samples) == 52 and sum(s in CLIP_EXTENSIONS for s in suffixes) == 44
+    assert {s.label for s in samples} == {"regular", "covid", "viral_pneumonia", "bacterial_pneumonia"}
+
+
+def test_discover__class_folders_and_bad_layouts(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls / "sub").mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "data" / cls / "sub" / "x.png")
+    assert sorted(s.label for s in discover(tmp_path / "data", EXTS)) == ["a", "b"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no data found"):
+        discover(tmp_path / "empty", EXTS)
+    with pytest.raises(DataError, match="not found"):
+        discover(tmp_path / "missing", EXTS)
+    with pytest.raises(DataError, match="only one class"):
+        require_classes([Sample(tmp_path / "x.png", "a")], tmp_path)
+    (tmp_path / "data" / "labels.csv").write_text("path,label\na/sub/x.png,a\nb/nope.png,b\n")
+    with pytest.raises(DataError, match=r"labels.csv, line 3: file .*nope.png does not exist"):
+        discover(tmp_path / "data", EXTS)
+
+
+def test_stratified_split__groups_stay_together_and_classes_on_both_sides():
+    labels = ["a"] * 20 + ["b"] * 10
+    groups = [f"clip{i // 5}" for i in range(30)]  # 6 clips of 5 frames
+    train, held = stratified_split(list(range(30)), labels, groups, 0.3, seed=0)
+    assert sorted(train + held) == list(range(30))
+    assert not {groups[i] for i in train} & {groups[i] for i in held}
+    assert {labels[i] for i in held} == {"a", "b"} == {labels[i] for i in train}
+
+
+def test_build_domain__pocus_split_by_clip(shared):
+    data = build_domain(shared / "ultrasound" / "pocus_ccby_subset", image_size=64, frames_per_clip=2,
+                        progress=False)
+    train_groups, eval_groups = set(data.train_eval.groups), set(data.eval.groups)
+    assert train_groups and eval_groups and not train_groups & eval_groups
+    assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1
+    assert data.info["train_frames"] + data.info["eval_frames"] == 44 * 2 + 8
