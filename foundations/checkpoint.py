@@ -86,11 +86,16 @@ def load_state(module: torch.nn.Module, state: dict, source) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
-                 f"shape mismatches: {shapes[:3]}" if shapes else ""]
+        parts = [
+            f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+            f"shape mismatches: {shapes[:3]}" if shapes else "",
+        ]
         raise CheckpointError(f"{source}: weights do not match the model: " + "; ".join(p for p in parts if p))
     module.load_state_dict(state)

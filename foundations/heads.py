@@ -50,8 +50,13 @@ class ClassifierOutput(NamedTuple):
 class Classifier(nn.Module):
     """Encoder (any modality) + head. ``encoder=None`` trains the head on precomputed features."""
 
-    def __init__(self, encoder: nn.Module | None, head: nn.Module, label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module | None,
+        head: nn.Module,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.encoder, self.head, self.label_smoothing = encoder, head, label_smoothing
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -83,7 +88,9 @@ def layer_decay_groups(model: Classifier, weight_decay: float, decay: float) -> 
             continue
         lid = layer_id(name.removeprefix("encoder."), depth) if name.startswith("encoder.") else depth + 1
         no_wd = p.ndim <= 1 or name.endswith("token")
-        group = groups.setdefault((lid, no_wd), {
-            "params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (depth + 1 - lid)})
+        group = groups.setdefault(
+            (lid, no_wd),
+            {"params": [], "weight_decay": 0.0 if no_wd else weight_decay, "lr_scale": decay ** (depth + 1 - lid)},
+        )
         group["params"].append(p)
     return list(groups.values())

@@ -27,7 +27,7 @@ def sincos_embed(coords: torch.Tensor, dim: int, temperature: float = 10000.0) -
     if n_freq == 0:
         raise ValueError(f"embedding dim {dim} is too small for {k}-D coordinates (needs >= {2 * k})")
     omega = torch.arange(n_freq, device=coords.device, dtype=torch.float32) / n_freq
-    omega = temperature ** -omega  # (F,)
+    omega = temperature**-omega  # (F,)
     angles = coords.float().unsqueeze(-1) * omega  # (B, N, k, F)
     emb = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (B, N, k*2F)
     pad = dim - emb.shape[-1]

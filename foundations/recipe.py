@@ -59,8 +59,10 @@ class DomainData:
 
 def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"accelerate launch recipes/{domain}.py", description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog=f"accelerate launch recipes/{domain}.py",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g = p.add_argument_group("data and outputs")
     g.add_argument("--data", help="dataset folder (labels.csv or one folder per class); default: built-in set")
     g.add_argument("--eval-data", help="held-out folder; default: a stratified split of --data (fixed seed)")
@@ -77,14 +79,29 @@ def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--max-steps", type=int, help="pretraining steps (overrides --epochs)")
     g.add_argument("--epochs", type=int, help="pretraining epochs over the training split")
     g.add_argument("--batch-size", type=int, default=32, help="per process")
-    g.add_argument("--lr", type=float, default=1.5e-4, help="pretraining base lr (x total batch / 256)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=1.5e-3,
+        help="pretraining base lr (x total batch / 256); MAE's 1.5e-4 suits batch 4096 and 800 "
+        "epochs, short runs on small batches need more",
+    )
     g.add_argument("--mask-ratio", type=float, default=0.75)
     g.add_argument("--mask", choices=("random", "block"), default="random", help="masking strategy")
-    g.add_argument("--norm-pix", action=argparse.BooleanOptionalAction, default=None,
-                   help="per-patch normalised targets (MAE's norm_pix_loss); default: the domain's choice")
+    g.add_argument(
+        "--norm-pix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-patch normalised targets (MAE's norm_pix_loss); default: the domain's choice",
+    )
     g.add_argument("--probe-steps", type=int, default=300)
-    g.add_argument("--finetune-steps", type=int, default=150)
-    g.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning base lr (x total batch / 256)")
+    g.add_argument("--finetune-steps", type=int, default=120)
+    g.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=2e-2,
+        help="fine-tuning base lr (x total batch / 256), high for short runs on small batches",
+    )
     g.add_argument("--layer-decay", type=float, default=0.75)
     g.add_argument("--drop-path", type=float, default=0.1)
     g.add_argument("--label-smoothing", type=float, default=0.1)
@@ -129,8 +146,11 @@ def run(args: argparse.Namespace, data: DomainData) -> dict:
     metrics.update({f"data/{k}": v for k, v in data.info.items()})
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(
-            {**vars(args), "adapter": data.adapter, "mask": dataclasses.asdict(data.mask)}, sort_keys=False))
+        (out / "config.yaml").write_text(
+            yaml.safe_dump(
+                {**vars(args), "adapter": data.adapter, "mask": dataclasses.asdict(data.mask)}, sort_keys=False
+            )
+        )
     acc.wait_for_everyone()
 
     def save(new: dict) -> None:
@@ -161,7 +181,7 @@ def pretrain_steps(args, n_train: int, processes: int) -> int:
     if args.max_steps:
         return args.max_steps
     per_epoch = max(1, n_train // (min(args.batch_size, n_train) * processes * args.grad_accum))
-    return per_epoch * (args.epochs or 1) if args.epochs else 400
+    return per_epoch * args.epochs if args.epochs else 600
 
 
 def check_encoder(directory: Path, adapter: dict) -> None:
@@ -169,8 +189,10 @@ def check_encoder(directory: Path, adapter: dict) -> None:
     theirs = read_config(directory)["adapter"]
     for key in ("name", "channels"):
         if theirs.get(key) != adapter.get(key):
-            raise CheckpointError(f"{directory}: encoder was trained with adapter {key}={theirs.get(key)!r}, "
-                                  f"this recipe needs {adapter.get(key)!r}")
+            raise CheckpointError(
+                f"{directory}: encoder was trained with adapter {key}={theirs.get(key)!r}, "
+                f"this recipe needs {adapter.get(key)!r}"
+            )
 
 
 def pretrain(args, data: DomainData, acc, out: Path) -> dict:
@@ -178,15 +200,22 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
 
     enc_cfg = PRESETS[args.preset]
     norm_target = data.norm_target if args.norm_pix is None else args.norm_pix
-    mae = MaskedAutoencoder(build_adapter(data.adapter, enc_cfg.dim),
-                            MAEConfig(enc_cfg, DECODER_PRESETS[args.preset], data.mask, norm_target))
+    mae = MaskedAutoencoder(
+        build_adapter(data.adapter, enc_cfg.dim),
+        MAEConfig(enc_cfg, DECODER_PRESETS[args.preset], data.mask, norm_target),
+    )
     if args.encoder:  # continue pretraining from a saved encoder
         check_encoder(Path(args.encoder), data.adapter)
         load_state(mae.encoder, load_encoder(args.encoder).state_dict(), args.encoder)
     train_loader = loader(data.pretrain, args, shuffle=True)
     steps = pretrain_steps(args, len(data.pretrain), acc.num_processes)
-    cfg = TrainConfig(max_steps=steps, batch_size=train_loader.batch_size, base_lr=args.lr,
-                      warmup_steps=max(1, steps // 10), checkpoint_every=args.checkpoint_every)
+    cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=train_loader.batch_size,
+        base_lr=args.lr,
+        warmup_steps=max(1, steps // 10),
+        checkpoint_every=args.checkpoint_every,
+    )
     view = next(iter(DataLoader(data.eval, batch_size=8)))
     pictures = out / "reconstructions"
     every = max(1, steps // 4)
@@ -201,16 +230,35 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
         model.train()
         Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(pictures / f"step_{step:06d}.png")
 
-    res = fit(mae, train_loader, lambda m, b: m(b["x"], b.get("valid")).loss, cfg, acc, out, "pretrain",
-              resume=args.resume, on_step=on_step)
+    res = fit(
+        mae,
+        train_loader,
+        lambda m, b: m(b["x"], b.get("valid")).loss,
+        cfg,
+        acc,
+        out,
+        "pretrain",
+        resume=args.resume,
+        on_step=on_step,
+    )
     mae = acc.unwrap_model(mae)
     held = held_out_reconstruction(mae, data.eval, args, acc)
     if acc.is_main_process:
-        save_pretrained(mae.encoder, out / "encoder", data_card=data.data_card, classes=data.classes,
-                        mask=dataclasses.asdict(data.mask), pretrain={"steps": res.steps, "loss": res.last_loss})
+        save_pretrained(
+            mae.encoder,
+            out / "encoder",
+            data_card=data.data_card,
+            classes=data.classes,
+            mask=dataclasses.asdict(data.mask),
+            pretrain={"steps": res.steps, "loss": res.last_loss},
+        )
     acc.wait_for_everyone()
-    return {"pretrain/loss_first": res.first_loss, "pretrain/loss_last": res.last_loss,
-            "pretrain/steps": res.steps, **held}
+    return {
+        "pretrain/loss_first": res.first_loss,
+        "pretrain/loss_last": res.last_loss,
+        "pretrain/steps": res.steps,
+        **held,
+    }
 
 
 @torch.no_grad()
@@ -226,17 +274,26 @@ def held_out_reconstruction(mae, dataset, args, acc) -> dict:
         valid = batch["valid"].to(acc.device) if "valid" in batch else None
         o = mae(x, valid, generator=gen)
         target = o.target.gather(1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
-        weights = None if valid is None else mae.adapter.targets(x, valid).weights.gather(
-            1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
+        weights = (
+            None
+            if valid is None
+            else mae.adapter.targets(x, valid).weights.gather(
+                1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1])
+            )
+        )
         _, patch_mean, _ = normalize_target(target, weights)  # (B, M, 1)
-        flat = patch_mean.expand_as(target)
+        # a flat patch at its own mean is zero in per-patch normalised units
+        flat = torch.zeros_like(target) if mae.cfg.norm_target else patch_mean.expand_as(target)
         loss += o.loss.item() * len(x)
         base += mae.adapter.loss(flat, target, weights, mae.cfg.norm_target).item() * len(x)
         zero += mae.adapter.loss(torch.zeros_like(target), target, weights, mae.cfg.norm_target).item() * len(x)
         n += len(x)
     mae.train()
-    return {"pretrain/eval_loss": loss / n, "pretrain/eval_loss_patch_mean": base / n,
-            "pretrain/eval_loss_dataset_mean": zero / n}
+    return {
+        "pretrain/eval_loss": loss / n,
+        "pretrain/eval_loss_patch_mean": base / n,
+        "pretrain/eval_loss_dataset_mean": zero / n,
+    }
 
 
 def class_weights(targets, n_classes: int) -> torch.Tensor:
@@ -262,8 +319,9 @@ def predict(model, dataset, args, acc, key: str = "logits"):
 
 def require_encoder(encoder_dir: Path, adapter: dict) -> None:
     if not (encoder_dir / "config.json").is_file():
-        raise CheckpointError(f"{encoder_dir}: no pretrained encoder here; run --stage pretrain first "
-                              f"or pass --encoder DIR")
+        raise CheckpointError(
+            f"{encoder_dir}: no pretrained encoder here; run --stage pretrain first or pass --encoder DIR"
+        )
     check_encoder(encoder_dir, adapter)
 
 
@@ -273,13 +331,19 @@ def probe(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
     train_x, train_y = predict(encoder, data.train_eval, args, acc, key="features")
     eval_x, eval_y = predict(encoder, data.eval, args, acc, key="features")
     n_classes = len(data.classes)
-    model = Classifier(None, LinearProbeHead(train_x.shape[1], n_classes),
-                       class_weights=class_weights(train_y, n_classes))
-    dl = DataLoader(TensorDataset(train_x, train_y), batch_size=min(256, len(train_x)), shuffle=True,
-                    drop_last=True)
-    cfg = TrainConfig(max_steps=args.probe_steps, batch_size=dl.batch_size, base_lr=0.1, weight_decay=0.0,
-                      warmup_steps=max(1, args.probe_steps // 10), clip_grad=None,
-                      checkpoint_every=args.probe_steps)
+    model = Classifier(
+        None, LinearProbeHead(train_x.shape[1], n_classes), class_weights=class_weights(train_y, n_classes)
+    )
+    dl = DataLoader(TensorDataset(train_x, train_y), batch_size=min(256, len(train_x)), shuffle=True, drop_last=True)
+    cfg = TrainConfig(
+        max_steps=args.probe_steps,
+        batch_size=dl.batch_size,
+        base_lr=0.1,
+        weight_decay=0.0,
+        warmup_steps=max(1, args.probe_steps // 10),
+        clip_grad=None,
+        checkpoint_every=args.probe_steps,
+    )
     fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, acc, out, "probe", resume=args.resume)
     model = acc.unwrap_model(model).eval()
     with torch.no_grad():
@@ -297,20 +361,31 @@ def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
         encoder = rebuilt
     dataset = data.finetune or data.pretrain
     n_classes = len(data.classes)
-    model = Classifier(encoder, ClassifierHead(encoder.cfg.dim, n_classes), args.label_smoothing,
-                       class_weights(dataset.targets, n_classes))
+    model = Classifier(
+        encoder,
+        ClassifierHead(encoder.cfg.dim, n_classes),
+        args.label_smoothing,
+        class_weights(dataset.targets, n_classes),
+    )
     dl = loader(dataset, args, shuffle=True)
     steps = args.finetune_steps
-    cfg = TrainConfig(max_steps=steps, batch_size=dl.batch_size, base_lr=args.finetune_lr,
-                      warmup_steps=max(1, steps // 10), checkpoint_every=args.checkpoint_every)
+    cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=dl.batch_size,
+        base_lr=args.finetune_lr,
+        warmup_steps=max(1, steps // 10),
+        checkpoint_every=args.checkpoint_every,
+    )
     groups = layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
-    fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, "finetune", groups=groups,
-        resume=args.resume)
+    fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, "finetune", groups=groups, resume=args.resume)
     logits, labels = predict(acc.unwrap_model(model), data.eval, args, acc)
     return {f"finetune/{k}": v for k, v in classification_metrics(logits, labels).items()}
 
 
 def results_table(metrics: dict) -> str:
-    rows = [f"{k:<36} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k:<36} {v}"
-            for k, v in metrics.items() if not isinstance(v, (list, dict))]
+    rows = [
+        f"{k:<36} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k:<36} {v}"
+        for k, v in metrics.items()
+        if not isinstance(v, (list, dict))
+    ]
     return "\n".join(["", "results", "-" * 46, *rows, ""])

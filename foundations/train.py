@@ -140,6 +140,7 @@ def fit(
     micro = step * acc.gradient_accumulation_steps
     epoch, skip = divmod(micro, len(loader))
     running, n_running, t0, last_loss = 0.0, 0, time.perf_counter(), float("nan")
+    step_sum, step_n = 0.0, 0  # this optimizer step's micro-batch losses
     model.train()
     while step < cfg.max_steps:
         if hasattr(loader, "set_epoch"):
@@ -162,30 +163,40 @@ def fit(
                     acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            running, n_running = running + loss.item(), n_running + 1
+            value = loss.item()
+            running, n_running, step_sum, step_n = running + value, n_running + 1, step_sum + value, step_n + 1
             if not acc.sync_gradients:
                 continue
             scheduler.step()
             step += 1
+            step_loss, step_sum, step_n = step_sum / step_n, 0.0, 0
             if first_loss is None:
-                first_loss = running / n_running
+                first_loss = step_loss
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mean = acc.reduce(torch.tensor(running / n_running, device=acc.device), "mean").item()
                 last_loss, running, n_running = mean, 0.0, 0
-                record = {"stage": stage, "step": step, "loss": mean, "lr": scheduler.get_last_lr()[0],
-                          "elapsed_s": round(time.perf_counter() - t0, 2)}
+                record = {
+                    "stage": stage,
+                    "step": step,
+                    "loss": mean,
+                    "lr": scheduler.get_last_lr()[0],
+                    "elapsed_s": round(time.perf_counter() - t0, 2),
+                }
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{record['lr']:.2e}")
                 if not interactive and (step % (cfg.log_every * 10) == 0 or step == cfg.max_steps):
-                    acc.print(f"[{stage}] step {step}/{cfg.max_steps} loss {mean:.4f} lr {record['lr']:.2e} "
-                              f"({record['elapsed_s']:.0f} s)")
+                    acc.print(
+                        f"[{stage}] step {step}/{cfg.max_steps} loss {mean:.4f} lr {record['lr']:.2e} "
+                        f"({record['elapsed_s']:.0f} s)",
+                        flush=True,
+                    )
                 if acc.is_main_process:
                     with log.open("a") as f:
                         f.write(json.dumps(record) + "\n")
             if on_step is not None:
                 on_step(step, acc.unwrap_model(model))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                save_checkpoint(acc, ckpt_dir, step, first_loss, last_loss, cfg.keep_checkpoints)
+                save_checkpoint(acc, ckpt_dir, step, first_loss, step_loss, cfg.keep_checkpoints)
             if step >= cfg.max_steps:
                 break
         epoch += 1
@@ -193,12 +204,12 @@ def fit(
     return FitResult(first_loss, last_loss, step)
 
 
-def save_checkpoint(acc: Accelerator, ckpt_dir: Path, step: int, first_loss, last_loss, keep: int) -> None:
+def save_checkpoint(acc: Accelerator, ckpt_dir: Path, step: int, first_loss, loss, keep: int) -> None:
     path = ckpt_dir / f"step_{step:07d}"
     acc.save_state(str(path), safe_serialization=True)
     if acc.is_main_process:
         # trainer.json is written last: a checkpoint without it is incomplete and is never resumed
-        state = {"step": step, "first_loss": first_loss, "last_loss": last_loss}
+        state = {"step": step, "first_loss": first_loss, "last_loss": loss}
         (path / "trainer.json").write_text(json.dumps(state))
         for old in checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -124,5 +124,7 @@ def reconstruction_grid(mae, x: torch.Tensor, valid: torch.Tensor | None = None,
     masked = target * (~out.mask)[..., None]
     size = tuple(x.shape[-2:])
     rows = [adapter.denormalize(adapter.unpatchify(t, size)).clamp(0, 1) for t in (target, masked, full)]
+    if valid is not None:  # outside the valid region nothing is trained: show the input there
+        rows[2] = torch.where(valid.bool(), rows[2], rows[0])
     grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # (C, 3H, B*W)
     return grid[0] if grid.shape[0] == 1 else grid[:3].permute(1, 2, 0)

@@ -48,8 +48,9 @@ def _from_csv(table: Path, extensions) -> list[Sample]:
         columns = reader.fieldnames or []
         path_col = next((c for c in PATH_COLUMNS if c in columns), None)
         if path_col is None or "label" not in columns:
-            raise DataError(f"{table}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column, "
-                            f"found {columns}")
+            raise DataError(
+                f"{table}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column, found {columns}"
+            )
         samples = []
         for line, row in enumerate(reader, start=2):
             path = table.parent / row[path_col]

@@ -92,8 +92,9 @@ class UltrasoundAugment:
 
     def __call__(self, image: torch.Tensor, sector: torch.Tensor):
         """image, sector: (1, H, W) -> the same at (1, size, size)."""
-        crop = v2.Compose([v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True),
-                           v2.RandomHorizontalFlip()])
+        crop = v2.Compose(
+            [v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True), v2.RandomHorizontalFlip()]
+        )
         from torchvision import tv_tensors
 
         image, sector = crop(tv_tensors.Image(image), tv_tensors.Mask(sector))
@@ -130,8 +131,15 @@ class FrameDataset(Dataset):
 
     def subset(self, indices, augment: UltrasoundAugment | None) -> FrameDataset:
         pick = lambda seq: [seq[i] for i in indices]  # noqa: E731
-        return FrameDataset(pick(self.frames), pick(self.sectors), pick(self.labels), pick(self.groups),
-                            self.classes, self.size, augment)
+        return FrameDataset(
+            pick(self.frames),
+            pick(self.sectors),
+            pick(self.labels),
+            pick(self.groups),
+            self.classes,
+            self.size,
+            augment,
+        )
 
     def __getitem__(self, i):
         image = self.frames[i].float()[None] / 255
@@ -159,8 +167,15 @@ def _store(frame: np.ndarray, short: int) -> torch.Tensor:
     return (t[0, 0] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_frames(samples: list[Sample], size: int, patch: int, frames_per_clip: int = 8,
-                skip_bad: bool = False, classes=None, progress: bool = True):
+def load_frames(
+    samples: list[Sample],
+    size: int,
+    patch: int,
+    frames_per_clip: int = 8,
+    skip_bad: bool = False,
+    classes=None,
+    progress: bool = True,
+):
     """Read every sample into a ``FrameDataset``; returns (dataset, skipped [(path, reason)])."""
     frames, sectors, labels, groups, skipped = [], [], [], [], []
     store = round(size * 1.25)
@@ -169,8 +184,9 @@ def load_frames(samples: list[Sample], size: int, patch: int, frames_per_clip: i
             suffix = s.path.suffix.lower()
             stack = read_clip(s.path, frames_per_clip) if suffix in CLIP_EXTENSIONS else read_image(s.path)[None]
             if min(stack.shape[-2:]) < patch:
-                raise DataError(f"{s.path}: image is {stack.shape[-2]}x{stack.shape[-1]}, smaller than one "
-                                f"{patch}x{patch} patch")
+                raise DataError(
+                    f"{s.path}: image is {stack.shape[-2]}x{stack.shape[-1]}, smaller than one {patch}x{patch} patch"
+                )
             if not np.isfinite(stack).all():
                 raise DataError(f"{s.path}: contains NaN or infinite pixels")
         except DataError as e:
@@ -199,17 +215,27 @@ def phantom_frames(n_per_class: int, size: int, seed: int = 0) -> FrameDataset:
     frames = [(img[0] * 255).round().to(torch.uint8) for img, _, _ in items]
     sectors = [sec[0] for _, sec, _ in items]
     labels = [label for _, _, label in items]
-    return FrameDataset(frames, sectors, labels, [f"phantom_{i}" for i in range(len(items))],
-                        PHANTOM_CLASSES, size, None)
+    return FrameDataset(
+        frames, sectors, labels, [f"phantom_{i}" for i in range(len(items))], PHANTOM_CLASSES, size, None
+    )
 
 
 # Data cards of the sets this module knows, by folder name (see data_cards/).
 KNOWN_CARDS = {"busi_256": "data_cards/busi.md", "pocus_ccby_subset": "data_cards/pocus.md"}
 
 
-def build_domain(data=None, eval_data=None, image_size: int = 128, patch: int = 16, frames_per_clip: int = 8,
-                 phantom_per_class: int = 160, mask: MaskConfig | None = None, seed: int = 0,
-                 skip_bad: bool = False, progress: bool = True) -> DomainData:
+def build_domain(
+    data=None,
+    eval_data=None,
+    image_size: int = 128,
+    patch: int = 16,
+    frames_per_clip: int = 8,
+    phantom_per_class: int = 160,
+    mask: MaskConfig | None = None,
+    seed: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> DomainData:
     """Datasets, adapter config and data card for the ultrasound recipe.
 
     With ``data`` None the built-in phantom is used; without ``eval_data`` a stratified split
@@ -230,20 +256,45 @@ def build_domain(data=None, eval_data=None, image_size: int = 128, patch: int = 
         train, held = full.subset(train_idx, None), full.subset(eval_idx, None)
     else:
         train = full
-        held, more = load_frames(discover(eval_data, exts), image_size, patch, frames_per_clip, skip_bad,
-                                 classes=full.classes, progress=progress)
+        held, more = load_frames(
+            discover(eval_data, exts),
+            image_size,
+            patch,
+            frames_per_clip,
+            skip_bad,
+            classes=full.classes,
+            progress=progress,
+        )
         skipped += more
         unknown = sorted(set(held.labels) - set(full.classes))
         if unknown:
             raise DataError(f"{eval_data}: classes {unknown} do not occur in the training data {data}")
     mean, std = train.statistics()
-    adapter = {"name": "ultrasound", **asdict(Image2DConfig(1, (patch, patch), (mean,), (std,),
-                                                            (image_size, image_size)))}
-    info = {"train_frames": len(train), "eval_frames": len(held), "classes": full.classes,
-            "skipped_files": len(skipped), "skipped": skipped}
-    return DomainData(pretrain=train.subset(range(len(train)), UltrasoundAugment(image_size)),
-                      train_eval=train, eval=held, classes=full.classes, adapter=adapter,
-                      mask=mask or MaskConfig(), data_card=card, render=reconstruction_grid, info=info,
-                      # Per-patch normalised targets leave mostly speckle, which no model can predict:
-                      # reconstruct dataset-normalised pixels, whose echogenicity is predictable.
-                      norm_target=False)
+    adapter = {
+        "name": "ultrasound",
+        **asdict(Image2DConfig(1, (patch, patch), (mean,), (std,), (image_size, image_size))),
+    }
+    info = {
+        "train_frames": len(train),
+        "eval_frames": len(held),
+        "classes": full.classes,
+        "skipped_files": len(skipped),
+        "skipped": skipped,
+    }
+    everything = range(len(train))
+    return DomainData(
+        pretrain=train.subset(everything, UltrasoundAugment(image_size)),
+        # milder crops for classification: a small crop can cut the lesion out
+        finetune=train.subset(everything, UltrasoundAugment(image_size, scale=(0.8, 1.0))),
+        train_eval=train,
+        eval=held,
+        classes=full.classes,
+        adapter=adapter,
+        mask=mask or MaskConfig(),
+        data_card=card,
+        render=reconstruction_grid,
+        info=info,
+        # Per-patch normalised targets leave mostly speckle, which no model can predict:
+        # reconstruct dataset-normalised pixels, whose echogenicity is predictable.
+        norm_target=False,
+    )

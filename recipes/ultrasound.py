@@ -1,8 +1,8 @@
 """Ultrasound: MAE pretraining, linear probe and fine-tuning on B-mode images and cine loops.
 
-    accelerate launch recipes/ultrasound.py                      # built-in phantom, all stages
-    accelerate launch recipes/ultrasound.py --data DIR           # labels.csv or <class>/ folders
-    accelerate launch --multi_gpu --num_processes 2 recipes/ultrasound.py --stage pretrain
+accelerate launch recipes/ultrasound.py                      # built-in phantom, all stages
+accelerate launch recipes/ultrasound.py --data DIR           # labels.csv or <class>/ folders
+accelerate launch --multi_gpu --num_processes 2 recipes/ultrasound.py --stage pretrain
 """
 
 from foundations.masking import MaskConfig
@@ -18,9 +18,17 @@ def main():
     g.add_argument("--frames-per-clip", type=int, default=8, help="frames taken from each cine loop")
     g.add_argument("--phantom-per-class", type=int, default=160, help="built-in phantom images per class")
     args = parse_args(parser)
-    data = build_domain(args.data, args.eval_data, args.image_size, args.patch, args.frames_per_clip,
-                        args.phantom_per_class, MaskConfig(args.mask, args.mask_ratio, block_tokens=8),
-                        args.seed, args.skip_bad_files)
+    data = build_domain(
+        args.data,
+        args.eval_data,
+        args.image_size,
+        args.patch,
+        args.frames_per_clip,
+        args.phantom_per_class,
+        MaskConfig(args.mask, args.mask_ratio, block_tokens=8),
+        args.seed,
+        args.skip_bad_files,
+    )
     run(args, data)
 
 

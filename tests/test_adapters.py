@@ -14,10 +14,16 @@ from modalities import ADAPTERS, build_adapter
 from tests.conftest import TINY_MAE
 
 EXAMPLES = {
-    "image2d": lambda: ({"name": "image2d", "channels": 3, "patch": [8, 4], "mean": [0.4, 0.5, 0.6],
-                         "std": [0.2, 0.3, 0.4]}, torch.rand(2, 3, 16, 24), None),
-    "ultrasound": lambda: ({"name": "ultrasound", "channels": 1, "patch": [8, 8], "mean": [0.3], "std": [0.2]},
-                           torch.rand(2, 1, 24, 16), (torch.rand(2, 1, 24, 16) > 0.3).float()),
+    "image2d": lambda: (
+        {"name": "image2d", "channels": 3, "patch": [8, 4], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4]},
+        torch.rand(2, 3, 16, 24),
+        None,
+    ),
+    "ultrasound": lambda: (
+        {"name": "ultrasound", "channels": 1, "patch": [8, 8], "mean": [0.3], "std": [0.2]},
+        torch.rand(2, 1, 24, 16),
+        (torch.rand(2, 1, 24, 16) > 0.3).float(),
+    ),
 }
 
 
@@ -62,8 +68,11 @@ def test_contract__finite_loss_and_gradients_reach_every_parameter(example):
     out = mae(x, valid)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    missing = [n for n, p in mae.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-               or p.grad.abs().sum() == 0]
+    missing = [
+        n
+        for n, p in mae.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert missing == []
 
 
@@ -81,12 +90,15 @@ def test_image2d__bad_inputs_raise():
         adapter.embed(torch.rand(2, 3, 15, 24))
 
 
-@pytest.mark.parametrize("fields,match", [
-    ({"channels": 0}, "channels"),
-    ({"patch": [0, 8]}, "patch"),
-    ({"mean": [0.1, 0.2]}, "mean"),
-    ({"std": [0.0]}, "std"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"channels": 0}, "channels"),
+        ({"patch": [0, 8]}, "patch"),
+        ({"mean": [0.1, 0.2]}, "mean"),
+        ({"std": [0.0]}, "std"),
+    ],
+)
 def test_image2d_config__bad_values_raise(fields, match):
     with pytest.raises(ValueError, match=match):
         build_adapter({"name": "image2d", **fields}, 32)

@@ -11,8 +11,12 @@ from tests.conftest import TINY_MAE
 
 def make(norm_target=True, mask=None, cls=False):
     ad = build_adapter({"name": "image2d", "channels": 1, "patch": [8, 8], "mean": [0.5], "std": [0.25]}, 32)
-    cfg = dataclasses.replace(TINY_MAE, norm_target=norm_target, mask=mask or TINY_MAE.mask,
-                              encoder=dataclasses.replace(TINY_MAE.encoder, cls_token=cls))
+    cfg = dataclasses.replace(
+        TINY_MAE,
+        norm_target=norm_target,
+        mask=mask or TINY_MAE.mask,
+        encoder=dataclasses.replace(TINY_MAE.encoder, cls_token=cls),
+    )
     return MaskedAutoencoder(ad, cfg)
 
 

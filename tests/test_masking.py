@@ -70,12 +70,15 @@ def test_tube_masking__unequal_tubes_raise():
         tube_masking(coords, 0.5, axis=0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"strategy": "checkerboard"}, "strategy"),
-    ({"ratio": 0.0}, "ratio"),
-    ({"ratio": 1.0}, "ratio"),
-    ({"block_tokens": 0}, "block_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"strategy": "checkerboard"}, "strategy"),
+        ({"ratio": 0.0}, "ratio"),
+        ({"ratio": 1.0}, "ratio"),
+        ({"block_tokens": 0}, "block_tokens"),
+    ],
+)
 def test_mask_config__bad_values_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskConfig(**kwargs)

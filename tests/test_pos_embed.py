@@ -9,7 +9,7 @@ def test_sincos__2d_matches_mae_layout():
     # each as [sin(p * w_k), cos(p * w_k)] with w_k = 10000 ** (-k / F).
     coords = torch.tensor([[[2.0, 5.0]]])
     emb = sincos_embed(coords, 8)  # F = 2 frequencies per axis
-    w = torch.tensor([1.0, 10000 ** -0.5])
+    w = torch.tensor([1.0, 10000**-0.5])
     expected = torch.cat([torch.sin(2 * w), torch.cos(2 * w), torch.sin(5 * w), torch.cos(5 * w)])
     torch.testing.assert_close(emb[0, 0], expected)
 

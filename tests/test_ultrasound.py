@@ -42,7 +42,7 @@ def test_read_image__lossless_formats_exact(tmp_path, suffix, mode):
 
 
 def test_read_image__16_bit_and_jpeg(tmp_path):
-    deep = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    deep = np.arange(600, dtype=np.uint16).reshape(20, 30) * 100
     Image.fromarray(deep).save(tmp_path / "d.png")
     np.testing.assert_allclose(read_image(tmp_path / "d.png"), deep / 65535.0, atol=1e-6)
     Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "j.jpg", quality=95)
@@ -79,6 +79,14 @@ def test_load_frames__image_smaller_than_a_patch(tmp_path):
     Image.fromarray(np.zeros((8, 40), np.uint8)).save(tmp_path / "thin.png")
     with pytest.raises(DataError, match=r"thin.png: image is 8x40, smaller than one 16x16 patch"):
         load_frames([Sample(tmp_path / "thin.png", "a")], 32, 16, progress=False)
+
+
+def test_load_frames__nan_pixels_named(tmp_path):
+    values = np.ones((32, 32), np.float32)
+    values[4, 4] = np.nan
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match="float.tif: contains NaN or infinite pixels"):
+        load_frames([Sample(tmp_path / "float.tif", "a")], 32, 16, progress=False)
 
 
 def test_load_frames__clip_contributes_frames_with_one_group(tmp_path):
@@ -153,8 +161,7 @@ def test_stratified_split__groups_stay_together_and_classes_on_both_sides():
 
 
 def test_build_domain__pocus_split_by_clip(shared):
-    data = build_domain(shared / "ultrasound" / "pocus_ccby_subset", image_size=64, frames_per_clip=2,
-                        progress=False)
+    data = build_domain(shared / "ultrasound" / "pocus_ccby_subset", image_size=64, frames_per_clip=2, progress=False)
     train_groups, eval_groups = set(data.train_eval.groups), set(data.eval.groups)
     assert train_groups and eval_groups and not train_groups & eval_groups
     assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1

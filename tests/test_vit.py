@@ -10,8 +10,10 @@ from tests.conftest import TINY_ENCODER
 
 
 def adapter(dim=32, channels=1):
-    return build_adapter({"name": "image2d", "channels": channels, "patch": [8, 8],
-                          "mean": [0.0] * channels, "std": [1.0] * channels}, dim)
+    return build_adapter(
+        {"name": "image2d", "channels": channels, "patch": [8, 8], "mean": [0.0] * channels, "std": [1.0] * channels},
+        dim,
+    )
 
 
 def test_attention__matches_explicit_softmax():
@@ -70,11 +72,14 @@ def test_encoder__drop_path_is_stochastic_in_training_only():
     torch.testing.assert_close(enc(x).features, enc(x).features)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"dim": 30, "heads": 4}, "divisible"),
-    ({"depth": 0}, "depth"),
-    ({"drop_path": 1.0}, "drop_path"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dim": 30, "heads": 4}, "divisible"),
+        ({"depth": 0}, "depth"),
+        ({"drop_path": 1.0}, "drop_path"),
+    ],
+)
 def test_encoder_config__bad_values_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EncoderConfig(**kwargs)

@@ -1,0 +1,153 @@
+"""Time one MAE pretraining step (forward, backward, AdamW) of this core against Hugging Face
+``transformers``' ``ViTMAEForPreTraining`` (sdpa attention) at the same configuration.
+
+    ./mae.sh exec pip install -e ".[bench]"      # transformers: a benchmark-only extra
+    ./mae.sh exec python benchmarks/pretrain_step.py [--models small base] [--rounds 5]
+
+Both models run interleaved in one process (round-robin, same inputs, same threads), so machine
+noise hits both alike; the figure is the median over rounds. Model FLOPs count the matmuls of the
+MAE workload (patch embedding of every patch, encoder on visible tokens, decoder on all tokens,
+prediction of every token), x3 for forward and backward; the fraction is against this machine's
+fp32 matmul throughput measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
+from foundations.masking import MaskConfig
+from foundations.vit import PRESETS
+from modalities import build_adapter
+
+CONFIGS = {"small": 16, "base": 8}  # preset -> batch size (as in the issue's peer figures)
+IMAGE, PATCH, RATIO = 224, 16, 0.75
+DECODER = DecoderConfig(dim=512, depth=8, heads=16)  # MAE's and HF's default decoder
+
+
+def ours(preset: str) -> torch.nn.Module:
+    adapter = build_adapter(
+        {
+            "name": "image2d",
+            "channels": 3,
+            "patch": [PATCH, PATCH],
+            "mean": [0.0] * 3,
+            "std": [1.0] * 3,
+            "image_size": [IMAGE, IMAGE],
+        },
+        PRESETS[preset].dim,
+    )
+    return MaskedAutoencoder(adapter, MAEConfig(PRESETS[preset], DECODER, MaskConfig("random", RATIO), True))
+
+
+def theirs(preset: str) -> torch.nn.Module:
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    enc = PRESETS[preset]
+    cfg = ViTMAEConfig(
+        hidden_size=enc.dim,
+        num_hidden_layers=enc.depth,
+        num_attention_heads=enc.heads,
+        intermediate_size=4 * enc.dim,
+        image_size=IMAGE,
+        patch_size=PATCH,
+        num_channels=3,
+        mask_ratio=RATIO,
+        norm_pix_loss=True,
+        decoder_hidden_size=DECODER.dim,
+        decoder_num_hidden_layers=DECODER.depth,
+        decoder_num_attention_heads=DECODER.heads,
+        decoder_intermediate_size=4 * DECODER.dim,
+        attn_implementation="sdpa",
+    )
+    model = ViTMAEForPreTraining(cfg)
+    assert model.config._attn_implementation == "sdpa"
+    return model
+
+
+def model_flops(preset: str, batch: int) -> float:
+    """Matmul FLOPs of one training step (x3 = forward + backward)."""
+    enc, n = PRESETS[preset], (IMAGE // PATCH) ** 2
+    n_vis = n - int(round(n * RATIO))
+
+    def layers(tokens, dim, depth):  # qkv + proj + mlp = 24 n d^2, attention scores and mix = 4 n^2 d
+        return depth * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
+
+    patch_dim = PATCH * PATCH * 3
+    fwd = (
+        2 * n * patch_dim * enc.dim
+        + layers(n_vis, enc.dim, enc.depth)
+        + 2 * n_vis * enc.dim * DECODER.dim
+        + layers(n, DECODER.dim, DECODER.depth)
+        + 2 * n * DECODER.dim * patch_dim
+    )
+    return 3 * fwd * batch
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def step_fn(model, images, is_ours: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step():
+        loss = model(images).loss if is_ours else model(pixel_values=images).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; one step of each per round")
+    p.add_argument("--warmup", type=int, default=2)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"{'model':<8}{'batch':>6}{'ours/s':>10}{'HF/s':>10}{'ratio':>8}{'GFLOP/step':>12}{'ours %pk':>10}{'HF %pk':>9}"
+    )
+    for preset in args.models:
+        batch = CONFIGS[preset]
+        images = torch.rand(batch, 3, IMAGE, IMAGE)
+        steps = {
+            "ours": step_fn(ours(preset).train(), images, True),
+            "hf": step_fn(theirs(preset).train(), images, False),
+        }
+        for fn in steps.values():
+            for _ in range(args.warmup):
+                fn()
+        times = {k: [] for k in steps}
+        for _ in range(args.rounds):
+            for k, fn in steps.items():
+                times[k].append(_timed(fn))
+        flops = model_flops(preset, batch)
+        rate = {k: batch / statistics.median(v) for k, v in times.items()}
+        frac = {k: flops / statistics.median(v) / peak for k, v in times.items()}
+        print(
+            f"ViT-{preset[0].upper():<4}{batch:>6}{rate['ours']:>10.2f}{rate['hf']:>10.2f}"
+            f"{rate['ours'] / rate['hf']:>8.2f}{flops / 1e9:>12.1f}{frac['ours']:>10.1%}{frac['hf']:>9.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
