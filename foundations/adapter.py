@@ -6,8 +6,9 @@ prediction back to the input space. The core only ever sees what these methods r
 
     embed(x)              -> Tokens(tokens (B, N, D), coords (B, N, k))
     targets(x, valid)     -> Targets(values (B, N, P), weights (B, N, P) or None)
-    unpatchify(values)    -> x-shaped tensor   (inverse of ``targets`` on full token sets)
+    unpatchify(values, x) -> x-shaped tensor   (inverse of ``targets`` on full token sets)
     loss(pred, target, w) -> scalar            (default: masked MSE; point clouds use Chamfer)
+    baselines(target, w)  -> {name: pred}      trivial predictions a trained model should beat
 
 ``valid`` is an optional element mask of the input's shape (1 = counts in the loss), e.g. the
 imaged sector of an ultrasound frame. Coordinates may be grid indices, physical positions or
@@ -54,12 +55,16 @@ class Adapter(nn.Module):
     def targets(self, x, valid: torch.Tensor | None = None) -> Targets:
         raise NotImplementedError
 
-    def unpatchify(self, values: torch.Tensor):
+    def unpatchify(self, values: torch.Tensor, like):
         raise NotImplementedError
 
     def loss(self, pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
         """pred, target: (B, M, P) for the M predicted tokens -> scalar."""
         return masked_mse(pred, target, weights, norm_target)
+
+    def baselines(self, target, weights=None, norm_target: bool = False) -> dict[str, torch.Tensor]:
+        """Trivial predictions of ``target`` (B, M, P), in the units the loss compares."""
+        return {"zero": torch.zeros_like(target)}
 
     def config_dict(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self.config)}

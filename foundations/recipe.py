@@ -29,12 +29,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from foundations.checkpoint import CheckpointError, load_encoder, load_state, read_config, save_pretrained
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
-from foundations.losses import normalize_target
 from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
 from foundations.metrics import classification_metrics
 from foundations.train import NonFiniteLossError, TrainConfig, fit, make_accelerator
-from foundations.vit import PRESETS
+from foundations.vit import PRESETS, gather_tokens
 
 STAGES = ("pretrain", "probe", "finetune", "all")
 
@@ -54,6 +53,9 @@ class DomainData:
     render: Callable | None = None  # render(mae, x, valid) -> (H, W[, 3]) float image in [0, 1]
     finetune: Dataset | None = None  # defaults to ``pretrain``
     norm_target: bool = True  # MAE's norm_pix_loss; a domain whose patches are mostly noise turns it off
+    encoder: dict = field(default_factory=dict)  # EncoderConfig fields the domain sets (e.g. pooling)
+    vote_view: Dataset | None = None  # held-out split with test-time augmentation, for voting
+    votes: int = 1  # fine-tuned predictions averaged over the plain view and votes - 1 augmented ones
     info: dict = field(default_factory=dict)  # figures about the data for metrics.json
 
 
@@ -86,8 +88,8 @@ def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
         help="pretraining base lr (x total batch / 256); MAE's 1.5e-4 suits batch 4096 and 800 "
         "epochs, short runs on small batches need more",
     )
-    g.add_argument("--mask-ratio", type=float, default=0.75)
-    g.add_argument("--mask", choices=("random", "block"), default="random", help="masking strategy")
+    g.add_argument("--mask-ratio", type=float, help="fraction of tokens hidden; default: the domain's")
+    g.add_argument("--mask", choices=("random", "block"), help="masking strategy; default: the domain's")
     g.add_argument(
         "--norm-pix",
         action=argparse.BooleanOptionalAction,
@@ -125,6 +127,11 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         parser.set_defaults(**options)
         args = parser.parse_args(argv)
     return args
+
+
+def mask_config(args: argparse.Namespace, default: MaskConfig) -> MaskConfig:
+    """The domain's default mask with whatever ``--mask`` and ``--mask-ratio`` set."""
+    return dataclasses.replace(default, strategy=args.mask or default.strategy, ratio=args.mask_ratio or default.ratio)
 
 
 def run_main(main: Callable[[], None]) -> None:
@@ -198,7 +205,7 @@ def check_encoder(directory: Path, adapter: dict) -> None:
 def pretrain(args, data: DomainData, acc, out: Path) -> dict:
     from modalities import build_adapter
 
-    enc_cfg = PRESETS[args.preset]
+    enc_cfg = dataclasses.replace(PRESETS[args.preset], **data.encoder)
     norm_target = data.norm_target if args.norm_pix is None else args.norm_pix
     mae = MaskedAutoencoder(
         build_adapter(data.adapter, enc_cfg.dim),
@@ -263,37 +270,27 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
 
 @torch.no_grad()
 def held_out_reconstruction(mae, dataset, args, acc) -> dict:
-    """Masked-token loss on held-out data, with one fixed mask per batch, beside two baselines:
-    ``patch_mean`` predicts each hidden patch as flat at its own true mean (an oracle of brightness),
-    ``dataset_mean`` predicts the dataset mean (zero in normalised units)."""
+    """Masked-token loss on held-out data, with one fixed mask per batch, beside the loss of the
+    adapter's trivial baselines (e.g. a flat patch, the group centre) on the same tokens."""
     mae.eval()
-    loss, base, zero, n = 0.0, 0.0, 0.0, 0
+    sums: dict[str, float] = {}
+    n = 0
     gen = torch.Generator(device=acc.device).manual_seed(args.seed)
     for batch in DataLoader(dataset, batch_size=args.batch_size):
         x = batch["x"].to(acc.device)
         valid = batch["valid"].to(acc.device) if "valid" in batch else None
         o = mae(x, valid, generator=gen)
-        target = o.target.gather(1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1]))
-        weights = (
-            None
-            if valid is None
-            else mae.adapter.targets(x, valid).weights.gather(
-                1, o.ids_pred[..., None].expand(-1, -1, o.target.shape[-1])
-            )
-        )
-        _, patch_mean, _ = normalize_target(target, weights)  # (B, M, 1)
-        # a flat patch at its own mean is zero in per-patch normalised units
-        flat = torch.zeros_like(target) if mae.cfg.norm_target else patch_mean.expand_as(target)
-        loss += o.loss.item() * len(x)
-        base += mae.adapter.loss(flat, target, weights, mae.cfg.norm_target).item() * len(x)
-        zero += mae.adapter.loss(torch.zeros_like(target), target, weights, mae.cfg.norm_target).item() * len(x)
+        target, weights = mae.adapter.targets(x, valid)
+        target = gather_tokens(target, o.ids_pred)  # (B, M, P)
+        weights = None if weights is None else gather_tokens(weights, o.ids_pred)
+        losses = {"eval_loss": o.loss}
+        for name, pred in mae.adapter.baselines(target, weights, mae.cfg.norm_target).items():
+            losses[f"eval_loss_{name}"] = mae.adapter.loss(pred, target, weights, mae.cfg.norm_target)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(x)
         n += len(x)
     mae.train()
-    return {
-        "pretrain/eval_loss": loss / n,
-        "pretrain/eval_loss_patch_mean": base / n,
-        "pretrain/eval_loss_dataset_mean": zero / n,
-    }
+    return {f"pretrain/{k}": v / n for k, v in sums.items()}
 
 
 def class_weights(targets, n_classes: int) -> torch.Tensor:
@@ -363,7 +360,7 @@ def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
     n_classes = len(data.classes)
     model = Classifier(
         encoder,
-        ClassifierHead(encoder.cfg.dim, n_classes),
+        ClassifierHead(encoder.feature_dim, n_classes),
         args.label_smoothing,
         class_weights(dataset.targets, n_classes),
     )
@@ -378,7 +375,10 @@ def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
     )
     groups = layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
     fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, "finetune", groups=groups, resume=args.resume)
-    logits, labels = predict(acc.unwrap_model(model), data.eval, args, acc)
+    model = acc.unwrap_model(model)
+    logits, labels = predict(model, data.eval, args, acc)
+    for _ in range(data.votes - 1):  # test-time voting: same order, augmented views
+        logits = logits + predict(model, data.vote_view, args, acc)[0]
     return {f"finetune/{k}": v for k, v in classification_metrics(logits, labels).items()}
 
 

@@ -21,6 +21,9 @@ from torch.utils.checkpoint import checkpoint
 from foundations.pos_embed import PosEmbed
 
 
+POOLS = ("mean", "max", "cls", "cls+max")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     dim: int = 384
@@ -29,6 +32,7 @@ class EncoderConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     cls_token: bool = False
+    pool: str = "mean"  # features: mean | max | cls | cls+max (Point-MAE's head) of the final tokens
     layer_scale: float | None = None  # init value of LayerScale, None = off
     grad_checkpointing: bool = False
 
@@ -38,6 +42,10 @@ class EncoderConfig:
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.heads:
             raise ValueError(f"EncoderConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.pool not in POOLS:
+            raise ValueError(f"EncoderConfig.pool must be one of {POOLS}, got {self.pool!r}")
+        if "cls" in self.pool and not self.cls_token:
+            raise ValueError(f"EncoderConfig.pool={self.pool!r} needs cls_token=True")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"EncoderConfig.drop_path must be in [0, 1), got {self.drop_path}")
 
@@ -109,7 +117,7 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 class EncoderOutput(NamedTuple):
-    features: torch.Tensor  # (B, D): mean of the tokens, or the cls token
+    features: torch.Tensor  # (B, feature_dim): the tokens pooled as EncoderConfig.pool says
     tokens: torch.Tensor  # (B, N, D): patch tokens after the final norm (no cls)
 
 
@@ -135,6 +143,10 @@ class Encoder(nn.Module):
     def n_prefix(self) -> int:
         return int(self.cls_token is not None)
 
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.dim * (2 if self.cfg.pool == "cls+max" else 1)
+
     def forward_tokens(self, tokens, coords, ids_keep=None) -> torch.Tensor:
         """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
         -> (B, n_prefix + Nv, D) normed, cls first when present."""
@@ -149,6 +161,11 @@ class Encoder(nn.Module):
     def forward(self, x) -> EncoderOutput:
         tokens, coords = self.adapter.embed(x)
         out = self.forward_tokens(tokens, coords)
-        patch = out[:, self.n_prefix :]
-        features = out[:, 0] if self.cls_token is not None else patch.mean(dim=1)
-        return EncoderOutput(features, patch)
+        patch = out[:, self.n_prefix :]  # (B, N, D)
+        pooled = {
+            "mean": lambda: patch.mean(1),
+            "max": lambda: patch.amax(1),
+            "cls": lambda: out[:, 0],
+            "cls+max": lambda: torch.cat([out[:, 0], patch.amax(1)], dim=-1),
+        }
+        return EncoderOutput(pooled[self.cfg.pool](), patch)

@@ -7,6 +7,7 @@ line here.
 from __future__ import annotations
 
 from modalities.image2d import Image2DAdapter, Image2DConfig
+from modalities.pointcloud import PointCloudAdapter, PointCloudConfig
 
 
 class UltrasoundAdapter(Image2DAdapter):
@@ -18,6 +19,7 @@ class UltrasoundAdapter(Image2DAdapter):
 ADAPTERS = {
     "image2d": (Image2DAdapter, Image2DConfig),
     "ultrasound": (UltrasoundAdapter, Image2DConfig),
+    "pointcloud": (PointCloudAdapter, PointCloudConfig),
 }
 
 

@@ -94,13 +94,25 @@ class Image2DAdapter(Adapter):
         valid = valid.to(values.dtype).expand(-1, self.config.channels, -1, -1)  # (B, C, H, W)
         return Targets(values, self.patchify(valid))
 
-    def unpatchify(self, values: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, h*w, ph*pw*C) -> normalised images (B, C, H, W); ``size`` defaults to image_size."""
-        (ph, pw), (H, W) = self.config.patch, size or self.config.image_size
+    def unpatchify(self, values: torch.Tensor, like=None) -> torch.Tensor:
+        """(B, h*w, ph*pw*C) -> normalised images (B, C, H, W) of the size of ``like`` (images or an
+        (H, W) tuple; default: the config's image_size)."""
+        (ph, pw) = self.config.patch
+        H, W = like.shape[-2:] if isinstance(like, torch.Tensor) else like or self.config.image_size
         return rearrange(values, "b (h w) (p q c) -> b c (h p) (w q)", h=H // ph, w=W // pw, p=ph, q=pw)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
+
+    def baselines(self, target, weights=None, norm_target: bool = False) -> dict[str, torch.Tensor]:
+        """``dataset_mean``: every pixel at the dataset mean (zero after normalisation);
+        ``patch_mean``: each patch flat at its own true mean (an oracle of brightness; zero, like
+        dataset_mean, in per-patch normalised units)."""
+        from foundations.losses import normalize_target
+
+        zero = torch.zeros_like(target)
+        _, mean, _ = normalize_target(target, weights)  # (B, M, 1)
+        return {"dataset_mean": zero, "patch_mean": zero if norm_target else mean.expand_as(target)}
 
 
 @torch.no_grad()
@@ -122,8 +134,7 @@ def reconstruction_grid(mae, x: torch.Tensor, valid: torch.Tensor | None = None,
         pred = pred * std + mean
     full = target.clone().scatter(1, out.ids_pred[..., None].expand(-1, -1, P), pred.to(target.dtype))
     masked = target * (~out.mask)[..., None]
-    size = tuple(x.shape[-2:])
-    rows = [adapter.denormalize(adapter.unpatchify(t, size)).clamp(0, 1) for t in (target, masked, full)]
+    rows = [adapter.denormalize(adapter.unpatchify(t, x)).clamp(0, 1) for t in (target, masked, full)]
     if valid is not None:  # outside the valid region nothing is trained: show the input there
         rows[2] = torch.where(valid.bool(), rows[2], rows[0])
     grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # (C, 3H, B*W)

@@ -2,8 +2,9 @@
 
 Two layouts are understood, in this order:
   DIR/labels.csv   a CSV with a path column (``path``, ``image_path``, ``file`` or ``filename``,
-                   relative to DIR) and a ``label`` column; other columns are ignored.
-  DIR/<class>/...  one folder per class, files anywhere below it.
+                   relative to DIR), a ``label`` column and optionally a ``split`` column.
+  DIR/<class>/...  one folder per class, files anywhere below it; a first sub-folder named
+                   train, val or test (ModelNet's ``<class>/<split>/<file>``) gives the split.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ class DataError(ValueError):
     """Bad input data; the message names the file and the problem."""
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
     label: str
+    split: str | None = None
 
 
 def discover(root, extensions: tuple[str, ...]) -> list[Sample]:
@@ -57,17 +62,18 @@ def _from_csv(table: Path, extensions) -> list[Sample]:
             if not path.is_file():
                 raise DataError(f"{table}, line {line}: file {path} does not exist")
             if path.suffix.lower() in extensions:
-                samples.append(Sample(path, row["label"].strip()))
+                samples.append(Sample(path, row["label"].strip(), (row.get("split") or "").strip() or None))
     return samples
 
 
 def _from_folders(root: Path, extensions) -> list[Sample]:
-    return [
-        Sample(path, cls.name)
-        for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for path in sorted(cls.rglob("*"))
-        if path.is_file() and path.suffix.lower() in extensions
-    ]
+    samples = []
+    for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(cls.rglob("*")):
+            if path.is_file() and path.suffix.lower() in extensions:
+                first = path.relative_to(cls).parts[0]
+                samples.append(Sample(path, cls.name, first if first in SPLITS and first != path.name else None))
+    return samples
 
 
 def require_classes(samples: list[Sample], where) -> list[str]:

@@ -6,7 +6,7 @@ accelerate launch --multi_gpu --num_processes 2 recipes/ultrasound.py --stage pr
 """
 
 from foundations.masking import MaskConfig
-from foundations.recipe import build_parser, parse_args, run, run_main
+from foundations.recipe import build_parser, mask_config, parse_args, run, run_main
 from modalities.ultrasound import build_domain
 
 
@@ -25,7 +25,7 @@ def main():
         args.patch,
         args.frames_per_clip,
         args.phantom_per_class,
-        MaskConfig(args.mask, args.mask_ratio, block_tokens=8),
+        mask_config(args, MaskConfig("random", 0.75, block_tokens=8)),
         args.seed,
         args.skip_bad_files,
     )

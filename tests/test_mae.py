@@ -15,7 +15,7 @@ def make(norm_target=True, mask=None, cls=False):
         TINY_MAE,
         norm_target=norm_target,
         mask=mask or TINY_MAE.mask,
-        encoder=dataclasses.replace(TINY_MAE.encoder, cls_token=cls),
+        encoder=dataclasses.replace(TINY_MAE.encoder, cls_token=cls, pool="cls" if cls else "mean"),
     )
     return MaskedAutoencoder(ad, cfg)
 

@@ -34,10 +34,17 @@ def test_encoder__features_and_tokens_shapes_any_aspect():
 
 
 def test_encoder__cls_token_gives_features():
-    enc = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True))
+    enc = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True, pool="cls"))
     out = enc(torch.rand(2, 1, 16, 16))
     assert out.tokens.shape == (2, 4, 32)
     assert not torch.allclose(out.features, out.tokens.mean(1))
+
+
+def test_encoder__cls_plus_max_pooling():
+    enc = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True, pool="cls+max"))
+    out = enc(torch.rand(2, 1, 16, 16))
+    assert enc.feature_dim == 64 and out.features.shape == (2, 64)
+    torch.testing.assert_close(out.features[:, 32:], out.tokens.amax(1))
 
 
 def test_encoder__visible_only_equals_running_on_the_subset():
@@ -78,6 +85,8 @@ def test_encoder__drop_path_is_stochastic_in_training_only():
         ({"dim": 30, "heads": 4}, "divisible"),
         ({"depth": 0}, "depth"),
         ({"drop_path": 1.0}, "drop_path"),
+        ({"pool": "sum"}, "pool"),
+        ({"pool": "cls"}, "cls_token=True"),
     ],
 )
 def test_encoder_config__bad_values_raise(kwargs, match):

@@ -1,0 +1,100 @@
+"""Point-cloud figures, measured in one run on this machine.
+
+1. Tokenization throughput (clouds/s) of FPS + kNN + grouping, for this project's batched
+   PyTorch tokenizer against open3d's farthest-point down-sampling plus a KD-tree neighbour
+   search per centre, at 1024 and 8192 points, G = 64 and 128 centres, k = 32, batch 32.
+   Interleaved rounds, median time.
+2. One pretraining step (forward, backward, AdamW) at Point-MAE's configuration: 1024 points,
+   64 groups of 32, width 384, depth 12, decoder depth 4, mask 0.6, batch 32.
+
+    ./mae.sh exec python benchmarks/pointcloud.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import open3d as o3d
+import torch
+
+from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
+from foundations.masking import MaskConfig
+from foundations.vit import EncoderConfig
+from modalities import build_adapter
+from modalities.pointcloud import group_points
+
+
+def open3d_tokenize(clouds: np.ndarray, n_groups: int, k: int) -> list[np.ndarray]:
+    """The open3d path: per cloud, FPS down-sampling then a KD-tree kNN query per centre."""
+    out = []
+    for pts in clouds:
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+        centres = np.asarray(pcd.farthest_point_down_sample(n_groups).points)
+        tree = o3d.geometry.KDTreeFlann(pcd)
+        idx = np.stack([np.asarray(tree.search_knn_vector_3d(c, k)[1]) for c in centres])
+        out.append(pts[idx] - centres[:, None])
+    return out
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def tokenization(rounds: int, batch: int = 32, k: int = 32) -> None:
+    print(f"tokenization, batch {batch}, k {k} (clouds/s, median of {rounds} interleaved rounds)")
+    print(f"{'points':>7}{'G':>5}{'ours':>10}{'open3d':>10}{'ratio':>8}")
+    for n in (1024, 8192):
+        clouds = np.random.default_rng(0).normal(size=(batch, n, 3))
+        tensor = torch.from_numpy(clouds).float()
+        for g in (64, 128):
+            runs = {"ours": lambda: group_points(tensor, g, k), "open3d": lambda: open3d_tokenize(clouds, g, k)}
+            for fn in runs.values():
+                fn()
+            times = {name: [] for name in runs}
+            for _ in range(rounds):
+                for name, fn in runs.items():
+                    times[name].append(timed(fn))
+            rate = {name: batch / statistics.median(t) for name, t in times.items()}
+            print(f"{n:>7}{g:>5}{rate['ours']:>10.1f}{rate['open3d']:>10.1f}{rate['ours'] / rate['open3d']:>8.2f}")
+
+
+def pretrain_step(rounds: int, batch: int = 32) -> None:
+    adapter = build_adapter({"name": "pointcloud", "n_points": 1024, "groups": 64, "group_size": 32}, 384)
+    mae = MaskedAutoencoder(
+        adapter,
+        MAEConfig(
+            EncoderConfig(dim=384, depth=12, heads=6, cls_token=True),
+            DecoderConfig(dim=384, depth=4, heads=6),
+            MaskConfig("random", 0.6),
+            norm_target=False,
+        ),
+    )
+    opt = torch.optim.AdamW(mae.parameters(), lr=1e-4)
+    clouds = torch.randn(batch, 1024, 3)
+
+    def step():
+        mae(clouds).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    t = statistics.median(timed(step) for _ in range(rounds))
+    print(f"pretraining step at Point-MAE's configuration, batch {batch}: {t:.2f} s, {batch / t:.1f} clouds/s")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, open3d {o3d.__version__}")
+    tokenization(args.rounds)
+    pretrain_step(args.rounds)
+
+
+if __name__ == "__main__":
+    main()

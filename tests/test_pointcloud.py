@@ -1,0 +1,257 @@
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+
+from modalities.pointcloud import (
+    SHAPE_CLASSES,
+    CloudDataset,
+    PointCloudAdapter,
+    PointCloudAugment,
+    PointCloudConfig,
+    chamfer_distance,
+    check_cloud,
+    farthest_point_sample,
+    group_points,
+    knn,
+    load_clouds,
+    make_shape,
+    normalize_cloud,
+    read_cloud,
+)
+from modalities.samples import DataError
+
+
+def brute_fps(xyz: np.ndarray, n: int) -> list[int]:
+    picks, dist = [0], np.full(len(xyz), np.inf)
+    for _ in range(n - 1):
+        dist = np.minimum(dist, ((xyz - xyz[picks[-1]]) ** 2).sum(1))
+        picks.append(int(dist.argmax()))
+    return picks
+
+
+def brute_chamfer(a: np.ndarray, b: np.ndarray, kind: str) -> float:
+    ab = [min(((p - q) ** 2).sum() for q in b) for p in a]
+    ba = [min(((p - q) ** 2).sum() for q in a) for p in b]
+    if kind == "l2":
+        return np.mean(ab) + np.mean(ba)
+    return (np.mean(np.sqrt(ab)) + np.mean(np.sqrt(ba))) / 2
+
+
+# ------------------------------------------------------------------------------------------ readers
+@pytest.mark.parametrize("suffix", [".ply", ".pcd", ".xyz", ".pts"])
+def test_read_cloud__open3d_formats(tmp_path, suffix):
+    pts = np.random.default_rng(0).normal(size=(200, 3))
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    o3d.io.write_point_cloud(str(tmp_path / f"c{suffix}"), pcd)
+    np.testing.assert_allclose(read_cloud(tmp_path / f"c{suffix}"), pts, atol=1e-4)
+
+
+def test_read_cloud__extra_channels_follow_xyz(tmp_path):
+    pts = np.random.default_rng(0).normal(size=(50, 3))
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    pcd.normals = o3d.utility.Vector3dVector(np.tile([0.0, 0.0, 1.0], (50, 1)))
+    o3d.io.write_point_cloud(str(tmp_path / "n.ply"), pcd)
+    out = read_cloud(tmp_path / "n.ply", extra=True)
+    assert out.shape == (50, 6) and np.allclose(out[:, 5], 1.0)
+
+
+@pytest.mark.parametrize("suffix", [".off", ".obj", ".stl"])
+@pytest.mark.parametrize("sampling", ["uniform", "poisson"])
+def test_read_cloud__meshes_sampled_on_the_surface(tmp_path, suffix, sampling):
+    box = o3d.geometry.TriangleMesh.create_box(2.0, 1.0, 1.0)
+    box.compute_vertex_normals()
+    o3d.io.write_triangle_mesh(str(tmp_path / f"m{suffix}"), box)
+    pts = read_cloud(tmp_path / f"m{suffix}", n_points=300, sampling=sampling)
+    assert len(pts) == 300
+    on_face = np.isclose(pts, 0, atol=1e-5) | np.isclose(pts, [2.0, 1.0, 1.0], atol=1e-5)
+    assert on_face.any(axis=1).all()  # every point lies on a face of the box
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".txt"])
+def test_read_cloud__arrays(tmp_path, suffix):
+    pts = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)  # xyz + one extra channel
+    path = tmp_path / f"a{suffix}"
+    {
+        ".npy": lambda: np.save(path, pts),
+        ".npz": lambda: np.savez(path, points=pts),
+        ".txt": lambda: np.savetxt(path, pts),
+    }[suffix]()
+    np.testing.assert_allclose(read_cloud(path), pts, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("empty.xyz", "empty point cloud"),
+        ("garbage.pcd", "empty point cloud"),
+        ("garbage.stl", "no triangles"),
+        ("nan.npy", "NaN or infinite"),
+        ("same.npy", "degenerate point cloud"),
+        ("flat.npy", r"expected points \(N, 3\+\)"),
+    ],
+)
+def test_read_cloud__bad_files_named(tmp_path, case, match):
+    path = tmp_path / case
+    if case == "empty.xyz":
+        path.write_text("")
+    elif case.startswith("garbage"):
+        path.write_bytes(b"\x01\x02 not a cloud" * 10)
+    elif case == "nan.npy":
+        np.save(path, np.array([[0.0, 0.0, np.nan], [1.0, 1.0, 1.0]]))
+    elif case == "same.npy":
+        np.save(path, np.ones((20, 3)))
+    else:
+        np.save(path, np.ones((20, 2)))
+    with pytest.raises(DataError, match=rf"{case}: {match}"):
+        read_cloud(path)
+
+
+def test_normalize_cloud__unit_sphere_and_scale_kept():
+    pts = np.random.default_rng(2).normal(size=(100, 3)) * 1e5 + 3e4
+    out, centre, scale = normalize_cloud(pts)
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-9)
+    assert np.linalg.norm(out, axis=1).max() == pytest.approx(1.0)
+    np.testing.assert_allclose(out * scale + centre, pts)
+
+
+def test_dataset__fewer_points_resampled_with_replacement():
+    cloud = torch.rand(10, 3)
+    ds = CloudDataset([cloud], ["a"], ["a", "b"], n_points=32)
+    x = ds[0]["x"]
+    assert x.shape == (32, 3) and torch.equal(ds[0]["x"], x)  # fixed draw without augmentation
+    assert all((cloud == p).all(1).any() for p in x)  # every point is one of the cloud's
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+def test_fps__matches_brute_force_and_covers():
+    xyz = torch.rand(3, 300, 3)
+    idx = farthest_point_sample(xyz, 16)
+    for b in range(3):
+        assert idx[b].tolist() == brute_fps(xyz[b].numpy(), 16)
+    # coverage: every point lies within the FPS radius, and that radius beats random centres
+    d = torch.cdist(xyz, xyz.gather(1, idx[..., None].expand(-1, -1, 3))).amin(2).amax(1)
+    rand = torch.cdist(xyz, xyz[:, torch.randperm(300)[:16]]).amin(2).amax(1)
+    assert (d <= rand + 1e-6).all()
+
+
+def test_knn__exact_against_brute_force_and_chunking():
+    pts, q = torch.rand(2, 500, 3), torch.rand(2, 20, 3)
+    idx = knn(q, pts, 8)
+    brute = ((q[:, :, None] - pts[:, None]) ** 2).sum(-1).argsort(-1)[..., :8]
+    assert torch.equal(idx.sort(-1).values, brute.sort(-1).values)
+    assert torch.equal(knn(q, pts, 8, max_elements=600), idx)  # one query at a time, same answer
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_chamfer__against_brute_force(kind):
+    rng = np.random.default_rng(3)
+    cases = [
+        (rng.normal(size=(7, 3)), rng.normal(size=(5, 3))),
+        (np.zeros((4, 3)), rng.normal(size=(4, 3))),  # duplicates
+        (np.ones((1, 3)), rng.normal(size=(1, 3))),  # single-point groups
+        (np.repeat(rng.normal(size=(2, 3)), 3, 0), rng.normal(size=(6, 3))),
+    ]
+    for a, b in cases:
+        got = chamfer_distance(torch.tensor(a[None]), torch.tensor(b[None]), kind).item()
+        assert got == pytest.approx(brute_chamfer(a, b, kind), rel=1e-6, abs=1e-9)
+    a = torch.rand(1, 6, 3, dtype=torch.float64)
+    assert chamfer_distance(a, a.flip(1), kind).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_group_points__centres_and_neighbourhoods():
+    pts = torch.rand(2, 256, 4)  # xyz + one extra channel
+    g = group_points(pts, 16, 8)
+    assert g.centres.shape == (2, 16, 3) and g.neighbourhoods.shape == (2, 16, 8, 4)
+    absolute = g.neighbourhoods[..., :3] + g.centres[:, :, None]
+    expect = pts.gather(1, g.index.view(2, -1, 1).expand(-1, -1, 4)).view(2, 16, 8, 4)
+    torch.testing.assert_close(absolute, expect[..., :3])
+    torch.testing.assert_close(g.neighbourhoods[..., 3], expect[..., 3])  # extras are not shifted
+    assert (g.neighbourhoods[:, :, 0, :3].abs() < 1e-6).all()  # the centre is its own nearest point
+
+
+def test_adapter__embed_and_targets_share_one_tokenization():
+    adapter = PointCloudAdapter(PointCloudConfig(n_points=128, groups=8, group_size=16), 32)
+    x = torch.rand(2, 128, 3)
+    tokens, coords = adapter.embed(x)
+    first = adapter.groups(x)
+    values, weights = adapter.targets(x)
+    assert adapter.groups(x) is first and tokens.shape == (2, 8, 32) and values.shape == (2, 8, 48)
+    assert weights is None and coords.shape == (2, 8, 3)
+    x.add_(0.1)  # an in-place change is a new tokenization
+    assert adapter.groups(x) is not first
+
+
+def test_adapter__baseline_is_the_group_centre():
+    adapter = PointCloudAdapter(PointCloudConfig(n_points=64, groups=4, group_size=8), 32)
+    target = adapter.targets(torch.rand(1, 64, 3)).values
+    base = adapter.baselines(target)["group_centre"]
+    k = 8
+    expected = (target.view(-1, k, 3) ** 2).sum(-1).mean()  # centre -> points, squared
+    nearest_to_centre = (target.view(-1, k, 3) ** 2).sum(-1).amin(-1).mean()
+    assert adapter.loss(base, target).item() == pytest.approx((expected + nearest_to_centre).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"channels": 2}, "channels"),
+        ({"groups": 0}, "groups"),
+        ({"group_size": 5000}, "group_size"),
+        ({"chamfer": "emd"}, "chamfer"),
+    ],
+)
+def test_config__bad_values_raise(fields, match):
+    with pytest.raises(ValueError, match=match):
+        PointCloudConfig(**fields)
+
+
+# ------------------------------------------------------------------------------ augmentation, data
+def test_augment__rotation_about_up_keeps_height_and_radius():
+    torch.manual_seed(0)
+    pts = torch.rand(100, 3)
+    aug = PointCloudAugment(scale=(1.0, 1.0), translate=0.0, jitter=0.0, dropout=0.0)
+    out = aug(pts)
+    torch.testing.assert_close(out[:, 2], pts[:, 2])
+    torch.testing.assert_close(out[:, :2].norm(dim=1), pts[:, :2].norm(dim=1))
+    assert not torch.allclose(out, pts)
+
+
+def test_augment__dropout_replaces_points_with_the_first():
+    torch.manual_seed(1)
+    out = PointCloudAugment(rotate_up=False, scale=(1, 1), translate=0, jitter=0, dropout=0.9)(torch.rand(500, 3))
+    assert (out == out[0]).all(1).sum() > 10
+
+
+def test_shapes__every_class_is_a_unit_sphere_cloud():
+    rng = np.random.default_rng(0)
+    for name in SHAPE_CLASSES:
+        pts = make_shape(name, rng, 256)
+        assert pts.shape == (256, 3) and np.linalg.norm(pts, axis=1).max() == pytest.approx(1.0, abs=1e-5)
+        check_cloud(pts, name)
+
+
+def test_load_clouds__modelnet10_layout(shared):
+    clouds, labels, splits, skipped = load_clouds(shared / "pointcloud" / "modelnet10_pcd_subset", 1024, progress=False)
+    assert len(clouds) == 1000 and len(set(labels)) == 10 and set(splits) == {"train"} and not skipped
+    radii = torch.stack([c.norm(dim=1).max() for c in clouds[::97]])
+    torch.testing.assert_close(radii, torch.ones_like(radii))
+
+
+def test_load_clouds__adrenal_npz_splits(shared):
+    clouds, labels, splits, _ = load_clouds(
+        shared / "pointcloud" / "adrenalmnist3d_surface_points", 1024, progress=False
+    )
+    assert (splits.count("train"), splits.count("val")) == (1188, 98) and set(labels) == {"0", "1"}
+
+
+def test_load_clouds__class_split_folders_and_skip_bad(tmp_path):
+    for cls in ("a", "b"):
+        for split in ("train", "test"):
+            (tmp_path / cls / split).mkdir(parents=True)
+            np.save(tmp_path / cls / split / "x.npy", np.random.default_rng(0).normal(size=(30, 3)))
+    np.save(tmp_path / "a" / "train" / "bad.npy", np.zeros((0, 3)))
+    with pytest.raises(DataError, match="bad.npy: empty point cloud"):
+        load_clouds(tmp_path, 64, progress=False)
+    clouds, labels, splits, skipped = load_clouds(tmp_path, 64, skip_bad=True, progress=False)
+    assert sorted(splits) == ["test", "test", "train", "train"] and len(skipped) == 1
