@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import open3d as o3d
@@ -52,7 +53,7 @@ def tokenization(rounds: int, batch: int = 32, k: int = 32) -> None:
         clouds = np.random.default_rng(0).normal(size=(batch, n, 3))
         tensor = torch.from_numpy(clouds).float()
         for g in (64, 128):
-            runs = {"ours": lambda: group_points(tensor, g, k), "open3d": lambda: open3d_tokenize(clouds, g, k)}
+            runs = {"ours": partial(group_points, tensor, g, k), "open3d": partial(open3d_tokenize, clouds, g, k)}
             for fn in runs.values():
                 fn()
             times = {name: [] for name in runs}

@@ -78,8 +78,8 @@ def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("model and training")
     g.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="encoder size")
-    g.add_argument("--max-steps", type=int, help="pretraining steps (overrides --epochs)")
-    g.add_argument("--epochs", type=int, help="pretraining epochs over the training split")
+    g.add_argument("--max-steps", type=int, default=600, help="pretraining optimizer steps")
+    g.add_argument("--epochs", type=int, help="pretraining epochs over the training split (replaces --max-steps)")
     g.add_argument("--batch-size", type=int, default=32, help="per process")
     g.add_argument(
         "--lr",
@@ -104,12 +104,17 @@ def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
         default=2e-2,
         help="fine-tuning base lr (x total batch / 256), high for short runs on small batches",
     )
-    g.add_argument("--layer-decay", type=float, default=0.75)
-    g.add_argument("--drop-path", type=float, default=0.1)
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--grad-accum", type=int, default=1)
-    g.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
-    g.add_argument("--checkpoint-every", type=int, default=100)
+    g.add_argument("--layer-decay", type=float, default=0.75, help="fine-tuning lr x decay per block from the top")
+    g.add_argument("--drop-path", type=float, default=0.1, help="fine-tuning stochastic depth (last block)")
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="fine-tuning cross-entropy smoothing")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument(
+        "--mixed-precision",
+        choices=("auto", "no", "bf16", "fp16"),
+        default="auto",
+        help="auto: bf16 on a GPU that supports it, else fp32",
+    )
+    g.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     return p
 
@@ -149,7 +154,8 @@ def run(args: argparse.Namespace, data: DomainData) -> dict:
     acc = make_accelerator(args.mixed_precision, args.grad_accum, args.seed)
     out = Path(args.out)
     metrics_path = out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if args.resume and metrics_path.is_file() else {}
+    # figures of stages not run now (e.g. pretraining, before a later --stage probe) are kept
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics.update({f"data/{k}": v for k, v in data.info.items()})
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -185,10 +191,9 @@ def loader(dataset, args, shuffle: bool) -> DataLoader:
 
 
 def pretrain_steps(args, n_train: int, processes: int) -> int:
-    if args.max_steps:
+    if not args.epochs:
         return args.max_steps
-    per_epoch = max(1, n_train // (min(args.batch_size, n_train) * processes * args.grad_accum))
-    return per_epoch * args.epochs if args.epochs else 600
+    return args.epochs * max(1, n_train // (min(args.batch_size, n_train) * processes * args.grad_accum))
 
 
 def check_encoder(directory: Path, adapter: dict) -> None:

@@ -20,7 +20,6 @@ from torch.utils.checkpoint import checkpoint
 
 from foundations.pos_embed import PosEmbed
 
-
 POOLS = ("mean", "max", "cls", "cls+max")
 
 

@@ -188,18 +188,22 @@ def chamfer_distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2") -> torc
 
 class MiniPointNet(nn.Module):
     """Point-MAE's group encoder: shared per-point MLP, max-pool, concatenate the pooled feature
-    to every point, second MLP, max-pool. LayerNorm instead of BatchNorm keeps it independent of
-    the batch (small CPU batches, DDP without SyncBatchNorm)."""
+    to every point, second MLP, max-pool. ``width`` 256 gives Point-MAE's 128-256 / 512-512 layers.
+    LayerNorm instead of BatchNorm keeps it independent of the batch (small CPU batches, DDP
+    without SyncBatchNorm)."""
 
-    def __init__(self, in_channels: int, dim: int):
+    def __init__(self, in_channels: int, dim: int, width: int = 256):
         super().__init__()
-        self.first = nn.Sequential(nn.Linear(in_channels, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 256))
-        self.second = nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512), nn.GELU(), nn.Linear(512, dim))
+        w = width
+        self.first = nn.Sequential(
+            nn.Linear(in_channels, w // 2), nn.LayerNorm(w // 2), nn.GELU(), nn.Linear(w // 2, w)
+        )
+        self.second = nn.Sequential(nn.Linear(2 * w, 2 * w), nn.LayerNorm(2 * w), nn.GELU(), nn.Linear(2 * w, dim))
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:  # (B, G, k, C) -> (B, G, D)
         f = self.first(groups)  # (B, G, k, 256)
         pooled = f.amax(dim=2, keepdim=True).expand_as(f)
-        return self.second(torch.cat([pooled, f], dim=-1)).amax(dim=2)
+        return self.second(torch.cat([pooled, f], dim=-1)).amax(dim=2)  # (B, G, D)
 
 
 # ----------------------------------------------------------------------------------------- adapter
@@ -210,6 +214,7 @@ class PointCloudConfig:
     group_size: int = 32
     channels: int = 3  # xyz, then extra per-point channels (normals, colours)
     chamfer: str = "l2"
+    pointnet_width: int = 256  # Point-MAE's; the per-point 2w x 2w layer dominates the cost on a CPU
 
     def __post_init__(self):
         if self.channels < 3:
@@ -230,7 +235,7 @@ class PointCloudAdapter(Adapter):
     def __init__(self, config: PointCloudConfig, dim: int):
         super().__init__(config, dim)
         self.target_dim = config.group_size * 3
-        self.pointnet = MiniPointNet(config.channels, dim)
+        self.pointnet = MiniPointNet(config.channels, dim, config.pointnet_width)
         self._last: tuple | None = None
 
     def groups(self, x: torch.Tensor) -> PointGroups:
@@ -466,6 +471,7 @@ def build_domain(
     sampling: str = "uniform",
     skip_bad: bool = False,
     progress: bool = True,
+    pointnet_width: int = 256,
 ) -> DomainData:
     """Datasets, adapter config and data card for the point-cloud recipe.
 
@@ -498,7 +504,10 @@ def build_domain(
     else:
         train_idx, eval_idx = stratified_split(full.clouds, full.labels, [str(i) for i in range(len(full))], 0.2, seed)
         train, held = full.subset(train_idx), full.subset(eval_idx)
-    adapter = {"name": "pointcloud", **asdict(PointCloudConfig(n_points, groups, group_size))}
+    adapter = {
+        "name": "pointcloud",
+        **asdict(PointCloudConfig(n_points, groups, group_size, pointnet_width=pointnet_width)),
+    }
     everything = range(len(train))
     info = {
         "train_clouds": len(train),

@@ -18,6 +18,9 @@ def main():
     g.add_argument("--group-size", type=int, default=32, help="points per group (kNN)")
     g.add_argument("--sampling", choices=("uniform", "poisson"), default="uniform", help="mesh surface sampling")
     g.add_argument("--votes", type=int, default=1, help="test-time voting over augmented views")
+    g.add_argument("--pointnet-width", type=int, default=128, help="group encoder width (256 = Point-MAE's)")
+    # a short default job on a CPU; on a GPU raise them (e.g. --epochs 300 --pointnet-width 256)
+    parser.set_defaults(max_steps=200, finetune_steps=60)
     g.add_argument("--shapes-per-class", type=int, default=40, help="built-in shapes per class")
     args = parse_args(parser)
     data = build_domain(
@@ -32,6 +35,7 @@ def main():
         args.votes,
         args.sampling,
         args.skip_bad_files,
+        pointnet_width=args.pointnet_width,
     )
     run(args, data)
 

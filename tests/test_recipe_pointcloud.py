@@ -25,6 +25,8 @@ SMALL = [
     "4",
     "--checkpoint-every",
     "50",
+    "--pointnet-width",
+    "32",
 ]
 
 
@@ -96,7 +98,18 @@ def test_two_process_run_on_builtin_shapes(tmp_path):
 def test_modelnet10_pretraining_beats_the_group_centre_and_probe_beats_chance(shared, tmp_path):
     out = tmp_path / "run"
     data = shared / "pointcloud" / "modelnet10_pcd_subset"
-    common = ["--data", str(data), "--out", str(out), "--preset", "micro", "--batch-size", "32"]
+    common = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "micro",
+        "--batch-size",
+        "32",
+        "--pointnet-width",
+        "64",
+    ]
     launch(*common, "--stage", "pretrain", "--max-steps", "150", "--lr", "5e-3")
     launch(*common, "--stage", "probe", "--probe-steps", "300")
     metrics = json.loads((out / "metrics.json").read_text())
