@@ -120,14 +120,16 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda s, k=k: k * cosine_schedule(s, cfg) for k in scales]
     )
+    # one stage's objects only: what save_state writes must be what a later resume of this stage loads
+    acc.free_memory()
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
-    acc.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
 
     step, first_loss = 0, None
     if resume and (done := checkpoints(ckpt_dir)):
         acc.load_state(str(done[-1]))
         state = json.loads((done[-1] / "trainer.json").read_text())
         step, first_loss = state["step"], state["first_loss"]
+        scheduler.load_state_dict(state["scheduler"])  # stepped by us, once per optimizer step
         acc.print(f"[{stage}] resumed from {done[-1]} at step {step}")
     if step >= cfg.max_steps:
         return FitResult(first_loss, state["last_loss"], step)
@@ -152,6 +154,7 @@ def fit(
                 loss = loss_fn(model, batch)
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
                 if bad.item() > 0:
+                    bar.close()
                     last = checkpoints(ckpt_dir)
                     kept = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
                     raise NonFiniteLossError(
@@ -196,7 +199,13 @@ def fit(
             if on_step is not None:
                 on_step(step, acc.unwrap_model(model))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                save_checkpoint(acc, ckpt_dir, step, first_loss, step_loss, cfg.keep_checkpoints)
+                state = {
+                    "step": step,
+                    "first_loss": first_loss,
+                    "last_loss": step_loss,
+                    "scheduler": scheduler.state_dict(),
+                }
+                save_checkpoint(acc, ckpt_dir, state, cfg.keep_checkpoints)
             if step >= cfg.max_steps:
                 break
         epoch += 1
@@ -204,12 +213,11 @@ def fit(
     return FitResult(first_loss, last_loss, step)
 
 
-def save_checkpoint(acc: Accelerator, ckpt_dir: Path, step: int, first_loss, loss, keep: int) -> None:
-    path = ckpt_dir / f"step_{step:07d}"
+def save_checkpoint(acc: Accelerator, ckpt_dir: Path, state: dict, keep: int) -> None:
+    path = ckpt_dir / f"step_{state['step']:07d}"
     acc.save_state(str(path), safe_serialization=True)
     if acc.is_main_process:
         # trainer.json is written last: a checkpoint without it is incomplete and is never resumed
-        state = {"step": step, "first_loss": first_loss, "last_loss": loss}
         (path / "trainer.json").write_text(json.dumps(state))
         for old in checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

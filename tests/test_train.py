@@ -60,6 +60,24 @@ def test_fit__resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_fit__a_stage_resumes_alone_after_other_stages_shared_the_accelerator(tmp_path):
+    acc = make_accelerator("no", seed=1)
+    fit(model(), loader(), mse, CFG, acc, tmp_path, "first")  # e.g. pretraining, same process
+
+    def crash(step, _):
+        if step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), loader(), mse, CFG, acc, tmp_path, "second", on_step=crash)
+    saved = checkpoints(tmp_path / "checkpoints" / "second")[-1]
+    assert sorted(p.name for p in saved.glob("model*.safetensors")) == ["model.safetensors"]  # this stage's only
+    resumed = model()
+    res = fit(resumed, loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "second", resume=True)
+    state = json.loads((checkpoints(tmp_path / "checkpoints" / "second")[-1] / "trainer.json").read_text())
+    assert res.steps == 20 and state["scheduler"]["last_epoch"] == 20
+
+
 def test_fit__non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     calls = {"n": 0}
 
