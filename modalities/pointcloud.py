@@ -498,7 +498,7 @@ def build_domain(
         if not clouds:
             raise DataError(f"{data}: no readable point clouds")
         full = CloudDataset(clouds, labels, sorted(set(labels)), n_points)
-        require_classes([type("S", (), {"label": label})() for label in set(labels)], data)
+        require_classes(labels, data)
         card = KNOWN_CARDS.get(Path(data).name, f"user data at {data}")
     held_split = next((s for s in ("test", "val") if s in splits), None)
     if eval_data is not None:

@@ -76,9 +76,9 @@ def _from_folders(root: Path, extensions) -> list[Sample]:
     return samples
 
 
-def require_classes(samples: list[Sample], where) -> list[str]:
-    """The sorted class names; a labelled task needs at least two."""
-    classes = sorted({s.label for s in samples})
+def require_classes(labels, where) -> list[str]:
+    """The sorted class names of ``labels``; a labelled task needs at least two."""
+    classes = sorted(set(labels))
     if len(classes) < 2:
         raise DataError(f"{where}: only one class ({classes[0]!r}); probing and fine-tuning need at least two")
     return classes

@@ -24,6 +24,7 @@ from monai.transforms import KeepLargestConnectedComponent
 from PIL import Image, UnidentifiedImageError
 from skimage.morphology import convex_hull_image
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -95,8 +96,6 @@ class UltrasoundAugment:
         crop = v2.Compose(
             [v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True), v2.RandomHorizontalFlip()]
         )
-        from torchvision import tv_tensors
-
         image, sector = crop(tv_tensors.Image(image), tv_tensors.Mask(sector))
         gain = torch.empty(1).uniform_(*self.gain)
         gamma = torch.empty(1).uniform_(*self.gamma)
@@ -248,7 +247,7 @@ def build_domain(
         card = "data_cards/ultrasound_phantom.md"
     else:
         samples = discover(data, exts)
-        require_classes(samples, data)
+        require_classes([s.label for s in samples], data)
         full, skipped = load_frames(samples, image_size, patch, frames_per_clip, skip_bad, progress=progress)
         card = KNOWN_CARDS.get(Path(data).name, f"user data at {data}")
     if eval_data is None:

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,36 @@ def shared() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def launch_recipe(recipe: str, *args, processes: int = 1, check: bool = True, direct: bool = False):
+    """``accelerate launch --quiet recipes/<recipe>.py ARGS`` (``--multi_gpu`` for several
+    processes), or plain ``python`` with ``direct``; returns the finished process."""
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--quiet",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    launcher += ["--multi_gpu"] if processes > 1 else []
+    launcher = [sys.executable] if direct else launcher
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [*launcher, str(ROOT / "recipes" / f"{recipe}.py"), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{recipe} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

@@ -2,16 +2,13 @@
 shapes, a short pretraining and probe on the real ModelNet10 subset, and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from foundations import load_encoder
-from tests.conftest import ROOT
+from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e
 SMALL = [
@@ -30,34 +27,8 @@ SMALL = [
 ]
 
 
-def launch(*args, processes=1, check=True):
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--quiet",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    cmd += ["--multi_gpu"] if processes > 1 else []
-    env = {**os.environ, "OMP_NUM_THREADS": str(2 // processes), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [*cmd, str(ROOT / "recipes" / "pointcloud.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"recipe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+def launch(*args, **kwargs):
+    return launch_recipe("pointcloud", *args, **kwargs)
 
 
 def test_two_process_run_on_builtin_shapes(tmp_path):
@@ -124,20 +95,6 @@ def test_bad_cloud_is_named(tmp_path):
         (data / cls).mkdir(parents=True)
         np.save(data / cls / "ok.npy", np.random.default_rng(0).normal(size=(64, 3)))
     np.save(data / "b" / "flat.npy", np.full((64, 3), 0.5))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "recipes" / "pointcloud.py"),
-            *SMALL,
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = launch(*SMALL, "--data", data, "--out", tmp_path / "out", check=False, direct=True)
     assert proc.returncode == 2 and "flat.npy: degenerate point cloud" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

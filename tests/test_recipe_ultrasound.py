@@ -3,9 +3,6 @@ included), on the phantom, BUSI and bad inputs, checking the files the runs leav
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from foundations.train import TrainConfig, fit, make_accelerator
 from foundations.vit import EncoderConfig
 from modalities import build_adapter
 from modalities.ultrasound import build_domain
-from tests.conftest import ROOT
+from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e
 SMALL = [
@@ -45,36 +42,8 @@ SMALL = [
 ]
 
 
-def launch(*args, processes=1, check=True, direct=False):
-    """``accelerate launch [--quiet] recipes/ultrasound.py ARGS``, or plain ``python`` with ``direct``."""
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--quiet",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    launcher += ["--multi_gpu"] if processes > 1 else []
-    launcher = [sys.executable] if direct else launcher
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [*launcher, str(ROOT / "recipes" / "ultrasound.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"recipe failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+def launch(*args, **kwargs):
+    return launch_recipe("ultrasound", *args, **kwargs)
 
 
 def test_two_process_run_writes_every_output(tmp_path):

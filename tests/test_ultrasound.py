@@ -124,7 +124,7 @@ def test_augment__shapes_range_and_sector_follows_image():
 def test_discover__busi_layout(shared):
     samples = discover(shared / "ultrasound" / "busi_256", EXTS)
     assert len(samples) == 520
-    assert require_classes(samples, "busi") == ["benign", "malignant", "normal"]
+    assert require_classes([s.label for s in samples], "busi") == ["benign", "malignant", "normal"]
 
 
 def test_discover__pocus_layout_images_and_clips(shared):
@@ -145,7 +145,7 @@ def test_discover__class_folders_and_bad_layouts(tmp_path):
     with pytest.raises(DataError, match="not found"):
         discover(tmp_path / "missing", EXTS)
     with pytest.raises(DataError, match="only one class"):
-        require_classes([Sample(tmp_path / "x.png", "a")], tmp_path)
+        require_classes(["a", "a"], tmp_path)
     (tmp_path / "data" / "labels.csv").write_text("path,label\na/sub/x.png,a\nb/nope.png,b\n")
     with pytest.raises(DataError, match=r"labels.csv, line 3: file .*nope.png does not exist"):
         discover(tmp_path / "data", EXTS)
