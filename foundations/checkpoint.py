@@ -73,7 +73,7 @@ def load_encoder(directory, device: str | torch.device = "cpu") -> Encoder:
     if not weights.is_file():
         raise CheckpointError(f"{weights}: not found")
     try:
-        state = load_file(weights, device=str(device))
+        state = load_file(weights)  # on the CPU; moved with the module below
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({e})") from None
     load_state(encoder, state, weights)

@@ -157,6 +157,7 @@ def run(args: argparse.Namespace, data: DomainData) -> dict:
     # figures of stages not run now (e.g. pretraining, before a later --stage probe) are kept
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics.update({f"data/{k}": v for k, v in data.info.items()})
+    metrics["run/processes"] = acc.num_processes
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(
@@ -185,8 +186,9 @@ def run(args: argparse.Namespace, data: DomainData) -> dict:
     return metrics
 
 
-def loader(dataset, args, shuffle: bool) -> DataLoader:
-    batch = min(args.batch_size, len(dataset))
+def loader(dataset, args, shuffle: bool, processes: int = 1, batch_size: int | None = None) -> DataLoader:
+    """Batches of at most each process's share of ``dataset``, so every process gets one."""
+    batch = max(1, min(batch_size or args.batch_size, len(dataset) // processes))
     return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle, num_workers=args.workers)
 
 
@@ -219,7 +221,7 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
     if args.encoder:  # continue pretraining from a saved encoder
         check_encoder(Path(args.encoder), data.adapter)
         load_state(mae.encoder, load_encoder(args.encoder).state_dict(), args.encoder)
-    train_loader = loader(data.pretrain, args, shuffle=True)
+    train_loader = loader(data.pretrain, args, shuffle=True, processes=acc.num_processes)
     steps = pretrain_steps(args, len(data.pretrain), acc.num_processes)
     cfg = TrainConfig(
         max_steps=steps,
@@ -336,7 +338,7 @@ def probe(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
     model = Classifier(
         None, LinearProbeHead(train_x.shape[1], n_classes), class_weights=class_weights(train_y, n_classes)
     )
-    dl = DataLoader(TensorDataset(train_x, train_y), batch_size=min(256, len(train_x)), shuffle=True, drop_last=True)
+    dl = loader(TensorDataset(train_x, train_y), args, shuffle=True, processes=acc.num_processes, batch_size=256)
     cfg = TrainConfig(
         max_steps=args.probe_steps,
         batch_size=dl.batch_size,
@@ -369,7 +371,7 @@ def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
         args.label_smoothing,
         class_weights(dataset.targets, n_classes),
     )
-    dl = loader(dataset, args, shuffle=True)
+    dl = loader(dataset, args, shuffle=True, processes=acc.num_processes)
     steps = args.finetune_steps
     cfg = TrainConfig(
         max_steps=steps,

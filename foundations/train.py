@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -62,7 +63,11 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, seed: i
     """``mixed_precision``: "auto" (bf16 on a GPU that supports it, else fp32), "no", "bf16", "fp16"."""
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # Accelerate picks gloo (MULTI_CPU) for a multi-process launch only when told to use the CPU;
+    # without this, `accelerate launch --multi_gpu` on a machine with no GPU starts independent runs.
+    multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     acc = Accelerator(
+        cpu=multi_process_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -123,6 +128,8 @@ def fit(
     # one stage's objects only: what save_state writes must be what a later resume of this stage loads
     acc.free_memory()
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    if len(loader) == 0:
+        raise ValueError(f"[{stage}] no full batch of {cfg.batch_size} per process: the dataset is too small")
 
     step, first_loss = 0, None
     if resume and (done := checkpoints(ckpt_dir)):

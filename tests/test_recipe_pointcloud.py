@@ -52,7 +52,7 @@ def test_two_process_run_on_builtin_shapes(tmp_path):
         processes=2,
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["pretrain/steps"] == 6 and len(metrics["data/classes"]) == 10
+    assert metrics["run/processes"] == 2 and metrics["pretrain/steps"] == 6 and len(metrics["data/classes"]) == 10
     for key in (
         "pretrain/eval_loss",
         "pretrain/eval_loss_group_centre",

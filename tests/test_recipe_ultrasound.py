@@ -58,6 +58,7 @@ def test_two_process_run_writes_every_output(tmp_path):
         "finetune/accuracy",
     ):
         assert np.isfinite(metrics[key]), key
+    assert metrics["run/processes"] == 2  # one distributed run (gloo), not two independent ones
     assert metrics["pretrain/steps"] == 8 and metrics["data/skipped_files"] == 0
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["preset"] == "micro" and config["adapter"]["name"] == "ultrasound"
