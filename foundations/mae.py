@@ -65,6 +65,7 @@ class MAEOutput(NamedTuple):
     mask: torch.Tensor  # (B, N) bool, True = hidden
     ids_pred: torch.Tensor  # (B, M) which tokens pred holds
     target: torch.Tensor  # (B, N, P) raw (un-normalised) targets of every token
+    weights: torch.Tensor | None  # (B, N, P) element weights of every token, or None
 
 
 class Decoder(nn.Module):
@@ -124,4 +125,4 @@ class MaskedAutoencoder(nn.Module):
         pred, ids_pred = self.forward_decoder(latent, coords, plan)
         target, weights = self.adapter.targets(x, valid)
         loss = self.forward_loss(target, weights, pred, ids_pred)
-        return MAEOutput(loss, pred, plan.mask, ids_pred, target)
+        return MAEOutput(loss, pred, plan.mask, ids_pred, target, weights)

@@ -287,9 +287,8 @@ def held_out_reconstruction(mae, dataset, args, acc) -> dict:
         x = batch["x"].to(acc.device)
         valid = batch["valid"].to(acc.device) if "valid" in batch else None
         o = mae(x, valid, generator=gen)
-        target, weights = mae.adapter.targets(x, valid)
-        target = gather_tokens(target, o.ids_pred)  # (B, M, P)
-        weights = None if weights is None else gather_tokens(weights, o.ids_pred)
+        target = gather_tokens(o.target, o.ids_pred)  # (B, M, P)
+        weights = None if o.weights is None else gather_tokens(o.weights, o.ids_pred)
         losses = {"eval_loss": o.loss}
         for name, pred in mae.adapter.baselines(target, weights, mae.cfg.norm_target).items():
             losses[f"eval_loss_{name}"] = mae.adapter.loss(pred, target, weights, mae.cfg.norm_target)

@@ -129,7 +129,7 @@ def reconstruction_grid(mae, x: torch.Tensor, valid: torch.Tensor | None = None,
     target, P = out.target, out.target.shape[-1]
     pred = out.pred.float()
     if mae.cfg.norm_target:  # predictions are in per-patch normalised units: map them back
-        w = None if valid is None else gather_tokens(adapter.targets(x, valid).weights, out.ids_pred)
+        w = None if out.weights is None else gather_tokens(out.weights, out.ids_pred)
         _, mean, std = normalize_target(gather_tokens(target, out.ids_pred), w)
         pred = pred * std + mean
     full = target.clone().scatter(1, out.ids_pred[..., None].expand(-1, -1, P), pred.to(target.dtype))

@@ -84,7 +84,7 @@ def require_classes(labels, where) -> list[str]:
     return classes
 
 
-def stratified_split(items: list, labels: list[str], groups: list[str], eval_fraction: float, seed: int):
+def stratified_split(labels: list[str], groups: list[str], eval_fraction: float, seed: int):
     """Split indices into (train, eval) per class, keeping each group (e.g. all frames of one clip)
     on one side, with at least one group of each class on each side when the class has two."""
     by_class: dict[str, set[str]] = defaultdict(set)
@@ -97,6 +97,13 @@ def stratified_split(items: list, labels: list[str], groups: list[str], eval_fra
         rng.shuffle(members)
         n_eval = min(max(1, round(len(members) * eval_fraction)), len(members) - 1) if len(members) > 1 else 0
         eval_groups.update(members[:n_eval])
-    train = [i for i in range(len(items)) if groups[i] not in eval_groups]
-    held = [i for i in range(len(items)) if groups[i] in eval_groups]
+    train = [i for i, g in enumerate(groups) if g not in eval_groups]
+    held = [i for i, g in enumerate(groups) if g in eval_groups]
     return train, held
+
+
+def check_held_out_classes(held_labels, classes, eval_data, data) -> None:
+    """Every class of a separate held-out folder must occur in the training data."""
+    unknown = sorted(set(held_labels) - set(classes))
+    if unknown:
+        raise DataError(f"{eval_data}: classes {unknown} do not occur in the training data {data}")

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 from foundations.masking import MaskConfig
 from foundations.recipe import DomainData
 from modalities.image2d import Image2DConfig, reconstruction_grid
-from modalities.samples import DataError, Sample, discover, require_classes, stratified_split
+from modalities.samples import (
+    DataError,
+    Sample,
+    check_held_out_classes,
+    discover,
+    require_classes,
+    stratified_split,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CLIP_EXTENSIONS = (".mp4", ".avi", ".mov", ".mpeg", ".mpg")
@@ -251,7 +258,7 @@ def build_domain(
         full, skipped = load_frames(samples, image_size, patch, frames_per_clip, skip_bad, progress=progress)
         card = KNOWN_CARDS.get(Path(data).name, f"user data at {data}")
     if eval_data is None:
-        train_idx, eval_idx = stratified_split(full.frames, full.labels, full.groups, 0.2, seed)
+        train_idx, eval_idx = stratified_split(full.labels, full.groups, 0.2, seed)
         train, held = full.subset(train_idx, None), full.subset(eval_idx, None)
     else:
         train = full
@@ -265,9 +272,7 @@ def build_domain(
             progress=progress,
         )
         skipped += more
-        unknown = sorted(set(held.labels) - set(full.classes))
-        if unknown:
-            raise DataError(f"{eval_data}: classes {unknown} do not occur in the training data {data}")
+        check_held_out_classes(held.labels, full.classes, eval_data, data)
     mean, std = train.statistics()
     adapter = {
         "name": "ultrasound",

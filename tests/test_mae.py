@@ -46,7 +46,8 @@ def test_mae__weights_zero_outside_valid_region():
     valid = torch.zeros_like(x)
     valid[..., :16, :] = 1  # top half only
     out = mae(x, valid, generator=torch.Generator().manual_seed(0))
-    weights = mae.adapter.targets(x, valid).weights.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
+    assert torch.equal(out.weights, mae.adapter.targets(x, valid).weights)
+    weights = out.weights.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
     target = out.target.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
     expected = (((out.pred - target) ** 2) * weights).sum() / weights.sum()
     torch.testing.assert_close(out.loss, expected)

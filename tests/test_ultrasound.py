@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modalities.samples import DataError, Sample, discover, require_classes, stratified_split
+from modalities.samples import DataError, Sample, check_held_out_classes, discover, require_classes, stratified_split
 from modalities.ultrasound import (
     CLIP_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -154,7 +154,7 @@ def test_discover__class_folders_and_bad_layouts(tmp_path):
 def test_stratified_split__groups_stay_together_and_classes_on_both_sides():
     labels = ["a"] * 20 + ["b"] * 10
     groups = [f"clip{i // 5}" for i in range(30)]  # 6 clips of 5 frames
-    train, held = stratified_split(list(range(30)), labels, groups, 0.3, seed=0)
+    train, held = stratified_split(labels, groups, 0.3, seed=0)
     assert sorted(train + held) == list(range(30))
     assert not {groups[i] for i in train} & {groups[i] for i in held}
     assert {labels[i] for i in held} == {"a", "b"} == {labels[i] for i in train}
@@ -166,3 +166,9 @@ def test_build_domain__pocus_split_by_clip(shared):
     assert train_groups and eval_groups and not train_groups & eval_groups
     assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1
     assert data.info["train_frames"] + data.info["eval_frames"] == 44 * 2 + 8
+
+
+def test_check_held_out_classes__unknown_class_named():
+    check_held_out_classes(["a", "b"], ["a", "b", "c"], "eval/", "train/")
+    with pytest.raises(DataError, match=r"eval/: classes \['d'\] do not occur in the training data train/"):
+        check_held_out_classes(["a", "d"], ["a", "b"], "eval/", "train/")
