@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from foundations.losses import normalize_target
 from foundations.masking import MaskConfig, MaskPlan, make_mask
 from foundations.pos_embed import PosEmbed
 from foundations.vit import Block, Encoder, EncoderConfig, gather_tokens, init_weights, run_blocks
@@ -126,3 +127,20 @@ class MaskedAutoencoder(nn.Module):
         target, weights = self.adapter.targets(x, valid)
         loss = self.forward_loss(target, weights, pred, ids_pred)
         return MAEOutput(loss, pred, plan.mask, ids_pred, target, weights)
+
+    @torch.no_grad()
+    def reconstruct(self, x, valid=None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows of MAE's figures in the input space (the adapter's ``unpatchify``): the input,
+        the masked input (hidden tokens zeroed) and the reconstruction with visible tokens pasted
+        back. Predictions of per-token normalised targets are mapped back to raw units."""
+        device = next(self.parameters()).device
+        out = self(x, valid, generator=torch.Generator(device=device).manual_seed(seed))
+        target, P = out.target, out.target.shape[-1]
+        pred = out.pred.float()
+        if self.cfg.norm_target:
+            w = None if out.weights is None else gather_tokens(out.weights, out.ids_pred)
+            _, mean, std = normalize_target(gather_tokens(target, out.ids_pred), w)
+            pred = pred * std + mean
+        full = target.clone().scatter(1, out.ids_pred[..., None].expand(-1, -1, P), pred.to(target.dtype))
+        masked = target * (~out.mask)[..., None]
+        return tuple(self.adapter.unpatchify(t, x) for t in (target, masked, full))

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from accelerate.utils import send_to_device
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from foundations.checkpoint import CheckpointError, load_encoder, load_state, read_config, save_pretrained
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
@@ -57,6 +58,9 @@ class DomainData:
     vote_view: Dataset | None = None  # held-out split with test-time augmentation, for voting
     votes: int = 1  # fine-tuned predictions averaged over the plain view and votes - 1 augmented ones
     info: dict = field(default_factory=dict)  # figures about the data for metrics.json
+    groups: list[int] | None = None  # group of every pretraining item; a batch holds one group (2-D/3-D)
+    recon_eval: Dataset | None = None  # held-out items for reconstruction figures; defaults to ``eval``
+    stages: dict[str, Callable] = field(default_factory=dict)  # replaces "probe"/"finetune" (e.g. segmentation)
 
 
 def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
@@ -176,19 +180,49 @@ def run(args: argparse.Namespace, data: DomainData) -> dict:
     encoder_dir = out / "encoder" if "pretrain" in stages or not args.encoder else Path(args.encoder)
     if "pretrain" in stages:
         save(pretrain(args, data, acc, out))
-    if "probe" in stages:
-        save(probe(args, data, acc, out, encoder_dir))
-    if "finetune" in stages:
-        save(finetune(args, data, acc, out, encoder_dir))
+    for name in ("probe", "finetune"):
+        if name in stages:
+            save(data.stages.get(name, {"probe": probe, "finetune": finetune}[name])(args, data, acc, out, encoder_dir))
     if acc.is_main_process:
         print(results_table(metrics))
     acc.end_training()
     return metrics
 
 
-def loader(dataset, args, shuffle: bool, processes: int = 1, batch_size: int | None = None) -> DataLoader:
-    """Batches of at most each process's share of ``dataset``, so every process gets one."""
+class GroupedBatchSampler(Sampler):
+    """Shuffled full batches whose items all come from one group, for items that cannot be
+    stacked together (2-D slices and 3-D crops). The order depends on the seed and the epoch only,
+    so every process draws the same batches and Accelerate hands each its share."""
+
+    def __init__(self, groups: list[int], batch_size: int, seed: int = 0):
+        self.groups, self.batch_size, self.seed, self.epoch = torch.as_tensor(groups), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1  # a later pass without set_epoch still reshuffles
+        batches = []
+        for g in self.groups.unique():
+            idx = torch.nonzero(self.groups == g).flatten()
+            idx = idx[torch.randperm(len(idx), generator=gen)].tolist()
+            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx) - self.batch_size + 1, self.batch_size)]
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return sum(int((self.groups == g).sum()) // self.batch_size for g in self.groups.unique())
+
+
+def loader(dataset, args, shuffle: bool, processes: int = 1, batch_size: int | None = None, groups=None) -> DataLoader:
+    """Batches of at most each process's share of ``dataset``, so every process gets one; with
+    ``groups``, every batch comes from one group."""
     batch = max(1, min(batch_size or args.batch_size, len(dataset) // processes))
+    if groups is not None:
+        batch = max(1, min(batch, min(groups.count(g) for g in set(groups)) // processes))
+        return DataLoader(
+            dataset, batch_sampler=GroupedBatchSampler(groups, batch, args.seed), num_workers=args.workers
+        )
     return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle, num_workers=args.workers)
 
 
@@ -221,16 +255,17 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
     if args.encoder:  # continue pretraining from a saved encoder
         check_encoder(Path(args.encoder), data.adapter)
         load_state(mae.encoder, load_encoder(args.encoder).state_dict(), args.encoder)
-    train_loader = loader(data.pretrain, args, shuffle=True, processes=acc.num_processes)
+    train_loader = loader(data.pretrain, args, shuffle=True, processes=acc.num_processes, groups=data.groups)
     steps = pretrain_steps(args, len(data.pretrain), acc.num_processes)
     cfg = TrainConfig(
         max_steps=steps,
-        batch_size=train_loader.batch_size,
+        batch_size=train_loader.batch_sampler.batch_size,
         base_lr=args.lr,
         warmup_steps=max(1, steps // 10),
         checkpoint_every=args.checkpoint_every,
     )
-    view = next(iter(DataLoader(data.eval, batch_size=8)))
+    recon_eval = data.recon_eval or data.eval
+    view = send_to_device(next(iter(DataLoader(recon_eval, batch_size=8))), acc.device)
     pictures = out / "reconstructions"
     every = max(1, steps // 4)
 
@@ -239,8 +274,7 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
             return
         pictures.mkdir(parents=True, exist_ok=True)
         model.eval()
-        valid = view["valid"].to(acc.device) if "valid" in view else None
-        image = data.render(model, view["x"].to(acc.device), valid)
+        image = data.render(model, view["x"], view.get("valid"))
         model.train()
         Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(pictures / f"step_{step:06d}.png")
 
@@ -256,7 +290,7 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
         on_step=on_step,
     )
     mae = acc.unwrap_model(mae)
-    held = held_out_reconstruction(mae, data.eval, args, acc)
+    held = held_out_reconstruction(mae, recon_eval, args, acc)
     if acc.is_main_process:
         save_pretrained(
             mae.encoder,
@@ -284,17 +318,16 @@ def held_out_reconstruction(mae, dataset, args, acc) -> dict:
     n = 0
     gen = torch.Generator(device=acc.device).manual_seed(args.seed)
     for batch in DataLoader(dataset, batch_size=args.batch_size):
-        x = batch["x"].to(acc.device)
-        valid = batch["valid"].to(acc.device) if "valid" in batch else None
-        o = mae(x, valid, generator=gen)
+        batch = send_to_device(batch, acc.device)
+        o = mae(batch["x"], batch.get("valid"), generator=gen)
         target = gather_tokens(o.target, o.ids_pred)  # (B, M, P)
         weights = None if o.weights is None else gather_tokens(o.weights, o.ids_pred)
         losses = {"eval_loss": o.loss}
         for name, pred in mae.adapter.baselines(target, weights, mae.cfg.norm_target).items():
             losses[f"eval_loss_{name}"] = mae.adapter.loss(pred, target, weights, mae.cfg.norm_target)
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item() * len(x)
-        n += len(x)
+            sums[k] = sums.get(k, 0.0) + v.item() * len(batch["y"])
+        n += len(batch["y"])
     mae.train()
     return {f"pretrain/{k}": v / n for k, v in sums.items()}
 

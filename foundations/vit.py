@@ -90,12 +90,16 @@ class Block(nn.Module):
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    for blk in blocks:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool, hidden=None) -> torch.Tensor:
+    """Run the blocks in turn; ``hidden``, a dict keyed by 1-based block numbers, receives the
+    output of those blocks (UNETR-style decoders read intermediate layers)."""
+    for i, blk in enumerate(blocks, start=1):
         if grad_checkpointing and x.requires_grad:
             x = checkpoint(blk, x, use_reentrant=False)
         else:
             x = blk(x)
+        if hidden is not None and i in hidden:
+            hidden[i] = x
     return x
 
 
@@ -146,16 +150,24 @@ class Encoder(nn.Module):
     def feature_dim(self) -> int:
         return self.cfg.dim * (2 if self.cfg.pool == "cls+max" else 1)
 
-    def forward_tokens(self, tokens, coords, ids_keep=None) -> torch.Tensor:
+    def forward_tokens(self, tokens, coords, ids_keep=None, hidden=None) -> torch.Tensor:
         """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
-        -> (B, n_prefix + Nv, D) normed, cls first when present."""
+        -> (B, n_prefix + Nv, D) normed, cls first when present. ``hidden``: see ``run_blocks``."""
         if ids_keep is not None:
             tokens, coords = gather_tokens(tokens, ids_keep), gather_tokens(coords, ids_keep)
         x = tokens + self.pos_embed(coords).to(tokens.dtype)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = run_blocks(self.blocks, x, self.cfg.grad_checkpointing)
+        x = run_blocks(self.blocks, x, self.cfg.grad_checkpointing, hidden)
         return self.norm(x)
+
+    def hidden_states(self, x, layers) -> list[torch.Tensor]:
+        """Patch tokens (B, N, D) after each block in ``layers`` (1-based, e.g. UNETR's 3, 6, 9, 12);
+        the last block's come after the final norm."""
+        tokens, coords = self.adapter.embed(x)
+        hidden = dict.fromkeys(layers)
+        last = self.forward_tokens(tokens, coords, hidden=hidden)
+        return [(last if i == len(self.blocks) else hidden[i])[:, self.n_prefix :] for i in layers]
 
     def forward(self, x) -> EncoderOutput:
         tokens, coords = self.adapter.embed(x)

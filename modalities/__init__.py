@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from modalities.image2d import Image2DAdapter, Image2DConfig
 from modalities.pointcloud import PointCloudAdapter, PointCloudConfig
+from modalities.volume import VolumeAdapter, VolumeConfig
 
 
 class UltrasoundAdapter(Image2DAdapter):
@@ -20,6 +21,7 @@ ADAPTERS = {
     "image2d": (Image2DAdapter, Image2DConfig),
     "ultrasound": (UltrasoundAdapter, Image2DConfig),
     "pointcloud": (PointCloudAdapter, PointCloudConfig),
+    "volume": (VolumeAdapter, VolumeConfig),
 }
 
 

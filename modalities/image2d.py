@@ -121,20 +121,7 @@ def reconstruction_grid(mae, x: torch.Tensor, valid: torch.Tensor | None = None,
 
     x: (B, C, H, W) -> (3*H, B*W) or (3*H, B*W, C) float in [0, 1] for an image file.
     """
-    from foundations.losses import normalize_target
-    from foundations.vit import gather_tokens
-
-    adapter = mae.adapter
-    out = mae(x, valid, generator=torch.Generator(device=x.device).manual_seed(seed))
-    target, P = out.target, out.target.shape[-1]
-    pred = out.pred.float()
-    if mae.cfg.norm_target:  # predictions are in per-patch normalised units: map them back
-        w = None if out.weights is None else gather_tokens(out.weights, out.ids_pred)
-        _, mean, std = normalize_target(gather_tokens(target, out.ids_pred), w)
-        pred = pred * std + mean
-    full = target.clone().scatter(1, out.ids_pred[..., None].expand(-1, -1, P), pred.to(target.dtype))
-    masked = target * (~out.mask)[..., None]
-    rows = [adapter.denormalize(adapter.unpatchify(t, x)).clamp(0, 1) for t in (target, masked, full)]
+    rows = [mae.adapter.denormalize(r).clamp(0, 1) for r in mae.reconstruct(x, valid, seed)]
     if valid is not None:  # outside the valid region nothing is trained: show the input there
         rows[2] = torch.where(valid.bool(), rows[2], rows[0])
     grid = torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)  # (C, 3H, B*W)

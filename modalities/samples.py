@@ -61,7 +61,7 @@ def _from_csv(table: Path, extensions) -> list[Sample]:
             path = table.parent / row[path_col]
             if not path.is_file():
                 raise DataError(f"{table}, line {line}: file {path} does not exist")
-            if path.suffix.lower() in extensions:
+            if str(path).lower().endswith(tuple(extensions)):
                 samples.append(Sample(path, row["label"].strip(), (row.get("split") or "").strip() or None))
     return samples
 
@@ -70,7 +70,7 @@ def _from_folders(root: Path, extensions) -> list[Sample]:
     samples = []
     for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(cls.rglob("*")):
-            if path.is_file() and path.suffix.lower() in extensions:
+            if path.is_file() and str(path).lower().endswith(tuple(extensions)):
                 first = path.relative_to(cls).parts[0]
                 samples.append(Sample(path, cls.name, first if first in SPLITS and first != path.name else None))
     return samples

@@ -1,0 +1,161 @@
+"""Volume segmentation with a pretrained encoder: UNETR (Hatamizadeh et al. 2022, "UNETR:
+Transformers for 3D Medical Image Segmentation") on intermediate encoder tokens, built from
+MONAI's blocks; Dice + cross-entropy loss; sliding-window inference over whole volumes; Dice per
+class beside the Dice of an empty prediction.
+
+UNETR reads the tokens of blocks 3, 6, 9 and 12 of a 12-block ViT with 16^3 patches and upsamples
+them in four x2 stages. Here the number of stages is log2 of the patch side (16 -> 4, 8 -> 3) and
+the layers are spread evenly over the encoder's depth. MONAI's ``UnetrPrUpBlock`` repeats one
+upsampling factor, so the patch must be isotropic (a power of two); anisotropic patches train and
+classify but do not segment.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class UNETRHead(nn.Module):
+    def __init__(
+        self, in_channels: int, dim: int, patch: int, n_classes: int, features: int = 16, norm: str = "instance"
+    ):
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+
+        super().__init__()
+        self.stages = s = int(math.log2(patch))
+        self.stem = UnetrBasicBlock(3, in_channels, features, kernel_size=3, stride=1, norm_name=norm, res_block=True)
+        # skip k (1 .. s-1) brings tokens up by 2^(s-k) to the scale of decoder stage k
+        self.skips = nn.ModuleList(
+            UnetrPrUpBlock(
+                3,
+                dim,
+                features * 2**k,
+                num_layer=s - 1 - k,
+                kernel_size=3,
+                stride=1,
+                upsample_kernel_size=2,
+                norm_name=norm,
+                conv_block=True,
+                res_block=True,
+            )
+            for k in range(1, s)
+        )
+        self.ups = nn.ModuleList(
+            UnetrUpBlock(
+                3,
+                dim if k == s - 1 else features * 2 ** (k + 1),
+                features * 2**k,
+                kernel_size=3,
+                upsample_kernel_size=2,
+                norm_name=norm,
+                res_block=True,
+            )
+            for k in range(s)
+        )
+        self.out = UnetOutBlock(3, features, n_classes)
+
+    def forward(self, image: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """image: (B, C, X, Y, Z); hidden: s token grids (B, D, gx, gy, gz), shallow to deep
+        -> logits (B, classes, X, Y, Z)."""
+        skips = [self.stem(image)] + [blk(h) for blk, h in zip(self.skips, hidden[:-1], strict=True)]
+        x = hidden[-1]
+        for k in reversed(range(self.stages)):
+            x = self.ups[k](x, skips[k])
+        return self.out(x)
+
+
+class SegmenterOutput(NamedTuple):
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, classes, X, Y, Z)
+
+
+class Segmenter(nn.Module):
+    """A volume encoder + UNETR head; ``freeze`` trains the head alone (a segmentation probe)."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, features: int = 16, freeze: bool = False):
+        from monai.losses import DiceCELoss
+
+        super().__init__()
+        patch = encoder.adapter.config.patch
+        if len(set(patch)) != 1 or patch[0] < 2 or patch[0] & (patch[0] - 1):
+            raise ValueError(f"UNETR segmentation needs an isotropic power-of-two patch, the encoder has {patch}")
+        self.encoder, self.patch, self.freeze = encoder, patch[0], freeze
+        self.head = UNETRHead(encoder.adapter.config.channels, encoder.cfg.dim, patch[0], n_classes, features)
+        depth, s = len(encoder.blocks), self.head.stages
+        self.layers = [max(1, k * depth // s) for k in range(1, s)] + [depth]
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        if freeze:
+            encoder.requires_grad_(False)
+
+    def forward(self, x: dict, y: torch.Tensor | None = None) -> SegmenterOutput:
+        image = x["image"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            hidden = self.encoder.hidden_states(x, self.layers)  # s x (B, N, D)
+        grid = [n // self.patch for n in image.shape[2:]]
+        hidden = [h.transpose(1, 2).reshape(h.shape[0], h.shape[2], *grid) for h in hidden]
+        logits = self.head(image, hidden)
+        return SegmenterOutput(None if y is None else self.loss_fn(logits, y), logits)
+
+
+@torch.no_grad()
+def evaluate(model: Segmenter, dataset, roi, classes: list[str], device, overlap: float = 0.25) -> dict:
+    """Sliding-window Dice per foreground class over whole volumes, and the same for an empty
+    prediction (the baseline a model must beat)."""
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    model.eval()
+    n = len(classes)
+    dice, empty = (DiceMetric(include_background=False, reduction="mean_batch") for _ in range(2))
+    for i in range(len(dataset)):
+        item = dataset[i]
+        image, spacing = item["x"]["image"][None].to(device), item["x"]["spacing"][None].to(device)
+        truth = one_hot(item["y"][None].to(device), n)
+        logits = sliding_window_inference(
+            image,
+            roi,
+            4,
+            lambda patch: model({"image": patch, "spacing": spacing}).logits,
+            overlap=overlap,
+            mode="gaussian",
+        )
+        dice(one_hot(logits.argmax(1, keepdim=True), n), truth)
+        empty(torch.zeros_like(truth).index_fill_(1, torch.tensor([0], device=device), 1), truth)
+    per_class, baseline = dice.aggregate().cpu(), empty.aggregate().cpu()
+    out = {f"dice/{c}": float(v) for c, v in zip(classes[1:], per_class, strict=True)}
+    return {**out, "dice_mean": float(per_class.nanmean()), "dice_empty_baseline": float(baseline.nanmean())}
+
+
+def segmentation_stage(freeze: bool):
+    """The recipe stage "probe" (frozen encoder, ``freeze``) or "finetune" for ``--task segment``."""
+
+    def stage(args, data, acc, out, encoder_dir) -> dict:
+        from foundations.checkpoint import load_encoder
+        from foundations.heads import layer_decay_groups
+        from foundations.recipe import loader, require_encoder
+        from foundations.train import TrainConfig, fit
+
+        name = "probe" if freeze else "finetune"
+        require_encoder(encoder_dir, data.adapter)
+        model = Segmenter(load_encoder(encoder_dir), len(data.classes), freeze=freeze)
+        dl = loader(data.finetune, args, shuffle=True, processes=acc.num_processes)
+        steps = args.probe_steps if freeze else args.finetune_steps
+        cfg = TrainConfig(
+            max_steps=steps,
+            batch_size=dl.batch_size,
+            base_lr=args.finetune_lr,
+            warmup_steps=max(1, steps // 10),
+            checkpoint_every=args.checkpoint_every,
+        )
+        groups = None if freeze else layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
+        fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, name, groups=groups, resume=args.resume)
+        model = acc.unwrap_model(model)
+        metrics = evaluate(model, data.eval, tuple(args.roi), data.classes, acc.device)
+        return {f"{name}/{k}": v for k, v in metrics.items()}
+
+    return stage

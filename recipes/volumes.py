@@ -1,0 +1,74 @@
+"""3-D medical volumes (CT, MRI): MAE pretraining, then classification or UNETR segmentation.
+
+accelerate launch recipes/volumes.py                                # built-in synthetic set, classify
+accelerate launch recipes/volumes.py --task segment                 # the same set, segment the spheres
+accelerate launch recipes/volumes.py --data DIR --window abdomen    # labels.csv or <class>/ folders of NIfTI
+accelerate launch recipes/volumes.py --task segment --data DIR      # imagesTr/ + labelsTr/, or <name>_seg.nii.gz
+accelerate launch recipes/volumes.py --data train.npz               # MedMNIST-3D arrays ({split}_images/_labels)
+"""
+
+from foundations.masking import MaskConfig
+from foundations.recipe import build_parser, mask_config, parse_args, run, run_main
+from modalities.volume import INTENSITY, PipelineConfig, build_domain
+
+
+def triple(kind):
+    def parse(text: str):
+        values = [kind(v) for v in text.replace("x", ",").split(",")]
+        return tuple(values * 3 if len(values) == 1 else values)
+
+    return parse
+
+
+def main():
+    parser = build_parser("volumes", __doc__.splitlines()[0])
+    parser.set_defaults(batch_size=8, max_steps=300, finetune_steps=150, probe_steps=200, finetune_lr=1e-2)
+    g = parser.add_argument_group("volumes")
+    g.add_argument("--task", choices=("classify", "segment"), default="classify")
+    g.add_argument(
+        "--window",
+        choices=INTENSITY,
+        help="intensity preset: CT windows in HU (abdomen -175..250, lung -1350..150, brain 0..80, "
+        "wide -1000..1000) scaled to 0..1; mri = z-score of non-zero voxels per channel; unit = "
+        "min-max to 0..1. Default: mri for NIfTI, unit for arrays",
+    )
+    g.add_argument(
+        "--spacing", type=triple(float), help="resample to this voxel spacing in mm, e.g. 1.5 or 1,1,3 (default: keep)"
+    )
+    g.add_argument("--roi", type=triple(int), default=(64, 64, 64), help="crop size in voxels, e.g. 96 or 96,96,32")
+    g.add_argument("--patch", type=triple(int), default=(16, 16, 16), help="patch size in voxels, e.g. 16 or 16,16,4")
+    g.add_argument("--samples", type=int, default=2, help="random crops per volume and epoch")
+    g.add_argument("--no-crop-foreground", action="store_true", help="keep the background around the body")
+    g.add_argument("--volume-4d", help="4-D files: 'stack' volumes as channels, or an index N to select one")
+    g.add_argument("--classes", type=int, default=2, help="segmentation classes, background included")
+    g.add_argument("--mix-2d", type=float, default=0.0, help="fraction of pretraining batches that are 2-D slices")
+    g.add_argument("--synthetic-per-class", type=int, default=24, help="built-in synthetic volumes per class")
+    args = parse_args(parser)
+    pipe = None
+    if args.window or args.spacing or args.roi or args.samples:
+        pipe = PipelineConfig(
+            roi=args.roi,
+            intensity=args.window or ("unit" if args.data is None or str(args.data).endswith(".npz") else "mri"),
+            spacing=args.spacing,
+            crop_foreground=not args.no_crop_foreground,
+            samples=args.samples,
+        )
+    data = build_domain(
+        args.data,
+        args.eval_data,
+        args.task,
+        pipe,
+        args.patch,
+        args.classes,
+        args.volume_4d,
+        args.mix_2d,
+        args.synthetic_per_class,
+        mask=mask_config(args, MaskConfig("random", 0.75)),
+        seed=args.seed,
+        skip_bad=args.skip_bad_files,
+    )
+    run(args, data)
+
+
+if __name__ == "__main__":
+    run_main(main)
