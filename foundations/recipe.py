@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from PIL import Image
 from accelerate.utils import send_to_device
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from foundations.checkpoint import CheckpointError, load_encoder, load_state, read_config, save_pretrained

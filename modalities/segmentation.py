@@ -120,7 +120,7 @@ def evaluate(model: Segmenter, dataset, roi, classes: list[str], device, overlap
             image,
             roi,
             4,
-            lambda patch: model({"image": patch, "spacing": spacing}).logits,
+            lambda patch, spacing=spacing: model({"image": patch, "spacing": spacing}).logits,
             overlap=overlap,
             mode="gaussian",
         )

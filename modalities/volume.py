@@ -443,7 +443,8 @@ def medmnist_records(path: Path) -> tuple[list[dict], list[str]]:
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1)
             if images.ndim != 4 or len(images) != len(labels):
                 raise DataError(
-                    f"{path}: {split}_images must be N x D x H x W with one label each, got {images.shape}, {labels.shape}"
+                    f"{path}: {split}_images must be N x D x H x W with one label each, "
+                    f"got {images.shape} and {labels.shape}"
                 )
             records += [
                 {
@@ -473,7 +474,8 @@ def find_records(root, segment: bool) -> tuple[list[dict], list[str]]:
         pairs = find_pairs(root)
         if not pairs:
             raise DataError(
-                f"{root}: no image/label pairs; expected imagesTr/ + labelsTr/ or <name>_seg.nii.gz beside <name>.nii.gz"
+                f"{root}: no image/label pairs; expected imagesTr/ + labelsTr/, "
+                "or <name>_seg.nii.gz beside <name>.nii.gz"
             )
         return pairs, []
     if len(npz) == 1:
