@@ -151,7 +151,9 @@ def read_nifti(path, select: int | None = None, stack: bool = False):
     try:
         img = nib.load(path)
         shape = img.shape
-        zooms = img.header.get_zooms()[:3]
+        with nib.openers.ImageOpener(path) as f:  # nibabel's load "fixes" zero or negative spacing: read it raw
+            raw = type(img.header).from_fileobj(f, check=False)
+        zooms = [float(z) for z in raw["pixdim"][1:4]] + np.linalg.norm(img.affine[:3, :3], axis=0).tolist()
     except Exception as e:  # nibabel raises many types for bad headers
         raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
     if len(shape) == 4 and shape[3] == 1:
@@ -168,7 +170,7 @@ def read_nifti(path, select: int | None = None, stack: bool = False):
     if len(shape) == 4 and select is not None and not -shape[3] <= select < shape[3]:
         raise DataError(f"{path}: volume {select} selected, but the file has {shape[3]} volumes")
     if not all(math.isfinite(z) and z > 0 for z in zooms):
-        raise DataError(f"{path}: voxel spacing {tuple(float(z) for z in zooms)} in the header must be positive")
+        raise DataError(f"{path}: voxel spacing {tuple(zooms[:3])} in the header must be positive")
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3] + (-1,))
     except Exception as e:  # truncated or corrupt data block (EOFError, zlib.error, ValueError, ...)
@@ -288,7 +290,7 @@ def pipeline(cfg: PipelineConfig, mode: str, segment: bool = False):
     if mode == "prepare":
         steps = []
         if cfg.orientation:
-            steps.append(T.Orientationd(keys, axcodes=cfg.orientation))
+            steps.append(T.Orientationd(keys, axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
         if cfg.spacing:
             steps.append(T.Spacingd(keys, pixdim=cfg.spacing, mode=interp, dtype=np.float32))
         if cfg.crop_foreground:

@@ -19,6 +19,14 @@ def normalized(adapter, x):
     return adapter.normalize(x)
 
 
+def image_of(adapter, x):
+    return x["image"]
+
+
+def batch_size(x) -> int:
+    return len(x["image"]) if isinstance(x, dict) else len(x)
+
+
 def grouped_points(adapter, x):
     """What unpatchify(targets(x)) must give for point clouds, by brute force: for each FPS centre
     its k nearest points by a full sort, in the cloud's frame."""
@@ -54,6 +62,13 @@ EXAMPLES = {
         grouped_points,
         False,
     ),
+    "volume": lambda: (
+        {"name": "volume", "channels": 2, "patch": [4, 4, 2], "roi": [8, 8, 4]},
+        {"image": torch.rand(2, 2, 8, 12, 4), "spacing": torch.tensor([[1.0, 1.0, 2.0], [0.5, 0.5, 3.0]])},
+        None,
+        image_of,
+        True,
+    ),
 }
 
 
@@ -72,7 +87,7 @@ def test_contract__shapes(example):
     tokens, coords = adapter.embed(x)
     values, weights = adapter.targets(x, valid)
     B, N = tokens.shape[:2]
-    assert tokens.shape == (B, N, adapter.dim) and B == len(x)
+    assert tokens.shape == (B, N, adapter.dim) and B == batch_size(x)
     assert coords.shape == (B, N, adapter.coord_dim) and coords.is_floating_point()
     assert values.shape == (B, N, adapter.target_dim)
     assert weights is None or weights.shape == values.shape

@@ -1,0 +1,300 @@
+"""Volumes: readers and their checks, every MONAI pipeline preset, millimetre coordinates, the
+shared 2-D/3-D encoder."""
+
+import gzip
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from foundations.vit import Encoder
+from modalities.samples import DataError
+from modalities.volume import (
+    INTENSITY,
+    WINDOWS,
+    PipelineConfig,
+    VolumeAdapter,
+    VolumeConfig,
+    VolumeDataset,
+    find_pairs,
+    find_records,
+    pipeline,
+    prepare,
+    read_label,
+    read_volume,
+)
+from tests.conftest import TINY_ENCODER
+
+SCT = "medical3d/sct_testing_data"
+
+
+def write_nifti(path, data, zooms=(1.0, 1.0, 1.0), affine=None):
+    affine = np.diag([*zooms, 1.0, 1.0, 1.0][:3] + [1.0]) if affine is None else affine
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header.set_zooms(tuple(zooms) + img.header.get_zooms()[3:])
+    nib.save(img, path)
+    return path
+
+
+def spacing_of(meta) -> list[float]:
+    from monai.data.utils import affine_to_spacing
+
+    return affine_to_spacing(meta.affine, r=3).tolist()
+
+
+# ----------------------------------------------------------------------------------------- reading
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_read_volume__nifti_values_and_spacing(tmp_path, ext):
+    data = np.random.rand(6, 5, 4).astype(np.float32)
+    vol = read_volume(write_nifti(tmp_path / f"a{ext}", data, (2.0, 1.0, 3.0)))
+    assert vol.shape == (1, 6, 5, 4)
+    np.testing.assert_allclose(vol[0].numpy(), data)
+    assert spacing_of(vol) == pytest.approx([2.0, 1.0, 3.0])
+
+
+def test_read_volume__npy_is_one_millimetre(tmp_path):
+    np.save(tmp_path / "v.npy", np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    vol = read_volume(tmp_path / "v.npy")
+    assert vol.shape == (1, 3, 4, 5) and vol[0, 2, 3, 4] == 59 and spacing_of(vol) == [1.0, 1.0, 1.0]
+
+
+def test_read_volume__4d_needs_an_explicit_choice(tmp_path):
+    data = np.stack([np.full((4, 4, 3), t, np.float32) for t in range(5)], axis=-1)  # (4, 4, 3, 5)
+    path = write_nifti(tmp_path / "dwi.nii.gz", data, (1.0, 1.0, 2.0))
+    with pytest.raises(DataError, match=r"dwi.nii.gz.*4-D file \(5 volumes"):
+        read_volume(path)
+    assert read_volume(path, select=3).shape == (1, 4, 4, 3) and read_volume(path, select=3).max() == 3
+    stacked = read_volume(path, stack=True)
+    assert stacked.shape == (5, 4, 4, 3) and stacked[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="volume 7 selected, but the file has 5"):
+        read_volume(path, select=7)
+
+
+def test_read_volume__real_files(shared):
+    t1 = read_volume(shared / "medical3d/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    assert t1.shape == (1, 197, 233, 189) and spacing_of(t1) == pytest.approx([1.0, 1.0, 1.0])
+    t2s = read_volume(shared / SCT / "t2s/t2s.nii.gz")
+    assert t2s.shape == (1, 49, 54, 9) and spacing_of(t2s) == pytest.approx([0.5, 0.5, 7.5], rel=1e-4)
+    fmri = read_volume(shared / SCT / "fmri/fmri.nii.gz", select=0)
+    assert fmri.shape == (1, 68, 68, 6)
+
+
+def test_find_pairs__spinal_cord_toolbox_layout(shared):
+    pairs = {p["image"].name: p["label"].name for p in find_pairs(shared / SCT)}
+    assert pairs["t2.nii.gz"] == "t2_seg-manual.nii.gz"  # manual wins over other segmentations
+    assert pairs["t1w.nii.gz"] == "t1w_seg-manual.nii.gz" and pairs["t2s.nii.gz"] == "t2s_seg.nii.gz"
+    assert not any("_seg" in name for name in pairs)
+
+
+def test_find_pairs__decathlon_layout(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    for case in ("la_003", "la_007"):
+        write_nifti(tmp_path / "imagesTr" / f"{case}_0000.nii.gz", np.zeros((4, 4, 4), np.float32))
+        write_nifti(tmp_path / "labelsTr" / f"{case}.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    pairs = find_pairs(tmp_path)
+    assert [(p["image"].name, p["label"].name) for p in pairs] == [
+        ("la_003_0000.nii.gz", "la_003.nii.gz"),
+        ("la_007_0000.nii.gz", "la_007.nii.gz"),
+    ]
+
+
+def test_find_records__adrenalmnist3d_npz(shared):
+    records, classes = find_records(shared / "medical3d/adrenalmnist3d_64", segment=False)
+    assert classes == ["0", "1"] and len(records) == 1188 + 98
+    val = [r for r in records if r["split"] == "val"]
+    assert len(val) == 98 and val[0]["image"].shape == (1, 64, 64, 64)
+    assert sorted({r["label"] for r in records}) == [0, 1]
+
+
+def test_find_records__flat_folder_is_unlabelled(shared):
+    records, classes = find_records(shared / "medical3d/mni152_nilearn", segment=False)
+    assert classes == [] and len(records) == 3 and {r["label"] for r in records} == {-1}
+
+
+# --------------------------------------------------------------------------------------- bad input
+def test_bad__corrupt_and_truncated_nifti(tmp_path):
+    (tmp_path / "noise.nii.gz").write_bytes(gzip.compress(np.random.bytes(2000)))
+    with pytest.raises(DataError, match="noise.nii.gz: not a readable NIfTI"):
+        read_volume(tmp_path / "noise.nii.gz")
+    good = write_nifti(tmp_path / "cut.nii", np.random.rand(20, 20, 20).astype(np.float32))
+    good.write_bytes(good.read_bytes()[:20000])  # header intact, voxel data cut short
+    with pytest.raises(DataError, match="cut.nii: cannot read the voxel data"):
+        read_volume(good)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (16, 16, 1)])
+def test_bad__2d_file_where_3d_is_expected(tmp_path, shape):
+    path = write_nifti(tmp_path / "slice.nii.gz", np.zeros(shape, np.float32), (1.0,) * len(shape))
+    with pytest.raises(DataError, match="slice.nii.gz: a 2-D image"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_bad__non_finite_voxels(tmp_path, value):
+    data = np.zeros((4, 4, 4), np.float32)
+    data[1, 2, 3] = value
+    with pytest.raises(DataError, match="bad.nii.gz: 1 NaN or infinite voxels"):
+        read_volume(write_nifti(tmp_path / "bad.nii.gz", data))
+
+
+@pytest.mark.parametrize("zoom", [0.0, -1.0])
+def test_bad__non_positive_spacing_in_header(tmp_path, zoom):
+    path = write_nifti(tmp_path / "flat.nii", np.zeros((4, 4, 4), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[84:88] = struct.pack("<f", zoom)  # pixdim[2] patched in the file: nibabel refuses to write it
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="flat.nii: voxel spacing .* must be positive"):
+        read_volume(path)
+
+
+def test_bad__label_shape_and_values(tmp_path):
+    image = read_volume(write_nifti(tmp_path / "img.nii.gz", np.zeros((6, 6, 4), np.float32)))
+    wrong = write_nifti(tmp_path / "wrong.nii.gz", np.zeros((6, 6, 5), np.uint8))
+    with pytest.raises(DataError, match=r"wrong.nii.gz: label shape \(6, 6, 5\) differs from its image \(6, 6, 4\)"):
+        read_label(wrong, image, 2)
+    labels = np.zeros((6, 6, 4), np.uint8)
+    labels[0, 0, 0] = 3
+    outside = write_nifti(tmp_path / "outside.nii.gz", labels)
+    with pytest.raises(DataError, match=r"outside.nii.gz: label values \[3.0\] outside the class set 0..1"):
+        read_label(outside, image, 2)
+    assert read_label(outside, image, 4).max() == 3
+
+
+def test_bad__skip_bad_files_keeps_the_good_ones(tmp_path):
+    good = write_nifti(tmp_path / "good.nii.gz", np.random.rand(8, 8, 8).astype(np.float32))
+    (tmp_path / "bad.nii.gz").write_bytes(b"not a nifti")
+    records = [{"image": p, "label": 0, "name": str(p)} for p in (good, tmp_path / "bad.nii.gz")]
+    cfg = PipelineConfig(roi=(8, 8, 8), intensity="unit")
+    with pytest.raises(DataError, match="bad.nii.gz"):
+        prepare(records, cfg, False, 2, progress=False)
+    items, skipped = prepare(records, cfg, False, 2, skip_bad=True, progress=False)
+    assert [it["name"] for it in items] == [str(good)] and skipped[0][0] == str(tmp_path / "bad.nii.gz")
+
+
+# -------------------------------------------------------------------------------------- transforms
+def prepared(data, cfg, zooms=(1.0, 1.0, 1.0), affine=None, label=None, tmp_path=None):
+    path = write_nifti(tmp_path / "v.nii.gz", data, zooms, affine)
+    rec = {"image": path, "label": -1 if label is None else label, "name": "v"}
+    return prepare([rec], cfg, label is not None, 2, progress=False)[0][0]
+
+
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+def test_pipeline__ct_windows(tmp_path, window):
+    lo, hi = WINDOWS[window]
+    hu = np.linspace(-1500, 1500, 16 * 16 * 16, dtype=np.float32).reshape(16, 16, 16)
+    cfg = PipelineConfig(roi=(16, 16, 16), intensity=window, crop_foreground=False)
+    out = prepared(hu, cfg, tmp_path=tmp_path)["image"][0].numpy()
+    np.testing.assert_allclose(out, np.clip((hu - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+def test_pipeline__mri_normalises_non_zero_voxels_per_channel(tmp_path):
+    data = np.zeros((16, 16, 16), np.float32)
+    data[4:12, 4:12, 4:12] = np.random.rand(8, 8, 8) * 300 + 100
+    cfg = PipelineConfig(roi=(16, 16, 16), intensity="mri", crop_foreground=False)
+    out = prepared(data, cfg, tmp_path=tmp_path)["image"][0].numpy()
+    inside = out[4:12, 4:12, 4:12]
+    assert abs(inside.mean()) < 1e-4 and abs(inside.std() - 1) < 1e-3 and (out[data == 0] == 0).all()
+
+
+def test_pipeline__unit_scales_to_zero_one(tmp_path):
+    cfg = PipelineConfig(roi=(8, 8, 8), intensity="unit", crop_foreground=False)
+    out = prepared(np.random.rand(8, 8, 8).astype(np.float32) * 255, cfg, tmp_path=tmp_path)["image"]
+    assert out.min() == 0 and out.max() == pytest.approx(1.0)
+
+
+def test_pipeline__orientation_to_ras(tmp_path):
+    data = np.zeros((8, 8, 8), np.float32)
+    data[0, 0, 0] = 1  # first voxel of an LPS volume: right, anterior -> last along x and y in RAS
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    cfg = PipelineConfig(roi=(8, 8, 8), intensity="unit", crop_foreground=False)
+    out = prepared(data, cfg, affine=lps, tmp_path=tmp_path)["image"]
+    assert out[0, 7, 7, 0] == 1 and (torch.diag(out.affine)[:3] > 0).all()
+
+
+def test_pipeline__resample_to_target_spacing(tmp_path):
+    cfg = PipelineConfig(roi=(8, 8, 8), intensity="unit", spacing=(1.0, 1.0, 1.0), crop_foreground=False)
+    out = prepared(np.random.rand(8, 8, 4).astype(np.float32), cfg, (2.0, 2.0, 4.0), tmp_path=tmp_path)["image"]
+    # 8 voxels 2 mm apart span 14 mm between the first and last centre: 15 voxels at 1 mm
+    assert out.shape[1:] == (15, 15, 13) and spacing_of(out) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_pipeline__crop_foreground_then_pad_to_roi(tmp_path):
+    data = np.zeros((40, 40, 40), np.float32)
+    data[10:30, 12:20, 5:35] = 1.0
+    out = prepared(data, PipelineConfig(roi=(16, 16, 16), intensity="unit"), tmp_path=tmp_path)["image"]
+    assert out.shape[1:] == (20, 16, 30)  # y (8 voxels of body) padded up to the roi
+
+
+def test_pipeline__random_crops_slices_and_centre(tmp_path):
+    cfg = PipelineConfig(roi=(16, 16, 8), intensity="unit", crop_foreground=False, samples=3)
+    item = prepared(np.random.rand(24, 20, 12).astype(np.float32), cfg, (1.0, 1.0, 2.0), tmp_path=tmp_path)
+    crops = VolumeDataset([item], pipeline(cfg, "pretrain"), repeat=cfg.samples)
+    assert len(crops) == 3 and {tuple(crops[i]["x"]["image"].shape) for i in range(3)} == {(1, 16, 16, 8)}
+    slices = VolumeDataset([item], pipeline(cfg, "slices"), slices=True)
+    assert slices[0]["x"]["image"].shape == (1, 16, 16)
+    centre = VolumeDataset([item], pipeline(cfg, "eval"))[0]
+    assert centre["x"]["image"].shape == (1, 16, 16, 8)
+    torch.testing.assert_close(centre["x"]["spacing"], torch.tensor([1.0, 1.0, 2.0]))
+
+
+def test_pipeline__segmentation_crops_keep_label_aligned_and_find_the_foreground(tmp_path):
+    data = np.zeros((48, 48, 48), np.float32)
+    data[30:36, 10:16, 20:26] = 1.0  # a small structure; label == image so alignment is visible
+    path = write_nifti(tmp_path / "v.nii.gz", data + 0.01)
+    label = write_nifti(tmp_path / "v_seg.nii.gz", data.astype(np.uint8))
+    cfg = PipelineConfig(roi=(16, 16, 16), intensity="unit", crop_foreground=False)
+    items, _ = prepare([{"image": path, "label": label, "name": "v"}], cfg, True, 2, progress=False)
+    crops = VolumeDataset(items, pipeline(cfg, "segment", segment=True), repeat=40)
+    with_foreground = 0
+    for i in range(len(crops)):
+        s = crops[i]
+        assert torch.equal((s["x"]["image"] > 0.5).long(), s["y"])
+        with_foreground += int(s["y"].any())
+    assert with_foreground >= 12  # half the crops are centred on the label: far above its volume share
+
+
+# ------------------------------------------------------------------------------- adapter, encoder
+def test_coordinates__are_millimetres_shared_across_spacings():
+    iso = VolumeAdapter(VolumeConfig(1, (16, 16, 16), (32, 32, 32)), 32)
+    thick = VolumeAdapter(VolumeConfig(1, (16, 16, 4), (32, 32, 8)), 32)
+    a = iso.embed({"image": torch.rand(1, 1, 32, 32, 32), "spacing": torch.tensor([[1.0, 1.0, 1.0]])}).coords
+    b = thick.embed({"image": torch.rand(1, 1, 32, 32, 8), "spacing": torch.tensor([[1.0, 1.0, 4.0]])}).coords
+    torch.testing.assert_close(a, b)  # 16 mm patches either way: the same frame
+    assert a[0, :2].tolist() == [[8.0, 8.0, 8.0], [8.0, 8.0, 24.0]]  # patch centres, z fastest
+    c = iso.embed({"image": torch.rand(1, 1, 32, 32, 32), "spacing": torch.tensor([[0.5, 2.0, 3.0]])}).coords
+    torch.testing.assert_close(c, a * torch.tensor([0.5, 2.0, 3.0]))
+
+
+def test_shared_encoder__the_same_weights_embed_2d_and_3d():
+    adapter = VolumeAdapter(VolumeConfig(1, (8, 8, 4), (16, 16, 8)), TINY_ENCODER.dim)
+    encoder = Encoder(adapter, TINY_ENCODER)
+    spacing = torch.tensor([[1.0, 1.0, 2.0], [0.8, 0.8, 3.0]])
+    image = torch.rand(2, 1, 16, 16)
+    as_volume = image[..., None].expand(-1, -1, -1, -1, 4)  # the slice repeated through the patch depth
+    flat = adapter.embed({"image": image, "spacing": spacing})
+    deep = adapter.embed({"image": as_volume, "spacing": spacing})
+    torch.testing.assert_close(flat.tokens, deep.tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flat.coords, deep.coords)
+    out2d = encoder({"image": image, "spacing": spacing})
+    out3d = encoder({"image": torch.rand(2, 1, 16, 16, 8), "spacing": spacing})
+    assert out2d.tokens.shape == (2, 4, 32) and out3d.tokens.shape == (2, 8, 32)
+    out2d.features.sum().backward()  # a 2-D batch alone trains every weight: no unused parameters
+    assert [n for n, p in encoder.named_parameters() if p.grad is None or p.grad.abs().sum() == 0] == []
+
+
+def test_adapter__2d_targets_round_trip_and_bad_shapes():
+    adapter = VolumeAdapter(VolumeConfig(1, (8, 8, 4), (16, 16, 8)), 32)
+    x = {"image": torch.rand(2, 1, 16, 24), "spacing": torch.ones(2, 3)}
+    torch.testing.assert_close(adapter.unpatchify(adapter.targets(x).values, x), x["image"])
+    with pytest.raises(ValueError, match="not a multiple of the patch"):
+        adapter.embed({"image": torch.rand(1, 1, 16, 16, 6), "spacing": torch.ones(1, 3)})
+    with pytest.raises(ValueError, match="expected volumes"):
+        adapter.embed({"image": torch.rand(1, 2, 16, 16, 8), "spacing": torch.ones(1, 3)})
+
+
+def test_intensity_presets_are_all_tested():
+    tested = {*WINDOWS, "mri", "unit"}
+    assert tested == set(INTENSITY)
