@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,7 +240,7 @@ INTENSITY = (*WINDOWS, "mri", "unit")  # mri: z-score of non-zero voxels per cha
 @dataclass(frozen=True)
 class PipelineConfig:
     roi: tuple[int, int, int] = (64, 64, 64)
-    intensity: str = "mri"  # a CT window name, "mri" or "unit"
+    intensity: str | None = None  # a CT window name, "mri" or "unit"; None: unit for arrays, mri for NIfTI
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the file's
     orientation: str | None = "RAS"
     crop_foreground: bool = True
@@ -251,7 +252,7 @@ class PipelineConfig:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
             if len(self.spacing) != 3 or min(self.spacing) <= 0:
                 raise ValueError(f"PipelineConfig.spacing must be three positive mm values, got {self.spacing}")
-        if self.intensity not in INTENSITY:
+        if self.intensity is not None and self.intensity not in INTENSITY:
             raise ValueError(f"PipelineConfig.intensity must be one of {INTENSITY}, got {self.intensity!r}")
 
 
@@ -268,7 +269,9 @@ def intensity_transform(name: str, keys=("image",)):
         return T.ScaleIntensityRanged(keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     if name == "mri":
         return T.NormalizeIntensityd(keys, nonzero=True, channel_wise=True)
-    return T.ScaleIntensityd(keys, minv=0.0, maxv=1.0)
+    if name == "unit":
+        return T.ScaleIntensityd(keys, minv=0.0, maxv=1.0)
+    raise ValueError(f"intensity preset must be one of {INTENSITY}, got {name!r}")
 
 
 def pipeline(cfg: PipelineConfig, mode: str, segment: bool = False):
@@ -618,10 +621,10 @@ def build_domain(
         card = data_card(data)
     if segment:
         classes = ["background", "sphere"] if data is None else segmentation_classes(data, n_classes)
-    arrays = isinstance(records[0]["image"], np.ndarray)
-    pipe = pipe or PipelineConfig(intensity="unit" if arrays else "mri")
-    if data is not None and pipe.intensity == "mri" and arrays:
-        log.warning("%s: arrays are MRI-normalised; binary masks (MedMNIST) want --intensity unit", data)
+    pipe = pipe or PipelineConfig()
+    if pipe.intensity is None:
+        arrays = isinstance(records[0]["image"], np.ndarray)
+        pipe = dataclasses.replace(pipe, intensity="unit" if arrays else "mri")
 
     def read(recs):
         return prepare(recs, pipe, segment, len(classes), four_d, skip_bad, progress)

@@ -44,15 +44,7 @@ def main():
     g.add_argument("--mix-2d", type=float, default=0.0, help="fraction of pretraining batches that are 2-D slices")
     g.add_argument("--synthetic-per-class", type=int, default=24, help="built-in synthetic volumes per class")
     args = parse_args(parser)
-    pipe = None
-    if args.window or args.spacing or args.roi or args.samples:
-        pipe = PipelineConfig(
-            roi=args.roi,
-            intensity=args.window or ("unit" if args.data is None or str(args.data).endswith(".npz") else "mri"),
-            spacing=args.spacing,
-            crop_foreground=not args.no_crop_foreground,
-            samples=args.samples,
-        )
+    pipe = PipelineConfig(args.roi, args.window, args.spacing, crop_foreground=not args.no_crop_foreground, samples=args.samples)
     data = build_domain(
         args.data,
         args.eval_data,

@@ -1,0 +1,158 @@
+"""Time one 3-D MAE pretraining step (forward, loss, backward, AdamW) of this core against MONAI's
+``MaskedAutoEncoderViT`` at the same configuration, and compare their memory.
+
+    ./mae.sh exec python benchmarks/volume_step.py [--batch 4] [--rounds 5]
+
+Configuration (the issue's): 1 channel, 96^3 volume, 16^3 patches (216 tokens), hidden 768, 12
+layers, 12 heads, MLP 3072, mask 0.75; decoder 384 wide, 4 layers, 12 heads, MLP 1536 for both
+(MONAI's default decoder width and depth; MONAI's default MLP of 512 is raised to the ViT-B
+ratio so that both run the same network). Loss: MSE on the hidden patches for both.
+
+Both run interleaved in one process (round-robin, same inputs, same threads); samples/s is the
+median over rounds. Memory: on a GPU the peak allocated per step; on a CPU, which has no
+allocator statistics, the activations saved for backward (parameters excluded, each storage
+counted once) plus parameters, gradients and AdamW's two moments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from einops import rearrange
+
+from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
+from foundations.masking import MaskConfig
+from foundations.vit import EncoderConfig
+from modalities import build_adapter
+
+SIZE, PATCH, RATIO = 96, 16, 0.75
+ENCODER = EncoderConfig(dim=768, depth=12, heads=12, mlp_ratio=4.0)
+DECODER = DecoderConfig(dim=384, depth=4, heads=12, mlp_ratio=4.0)
+
+
+def ours() -> torch.nn.Module:
+    adapter = build_adapter({"name": "volume", "channels": 1, "patch": [PATCH] * 3, "roi": [SIZE] * 3}, ENCODER.dim)
+    return MaskedAutoencoder(adapter, MAEConfig(ENCODER, DECODER, MaskConfig("random", RATIO), norm_target=False))
+
+
+def theirs() -> torch.nn.Module:
+    from monai.networks.nets import MaskedAutoEncoderViT
+
+    return MaskedAutoEncoderViT(
+        in_channels=1,
+        img_size=SIZE,
+        patch_size=PATCH,
+        hidden_size=ENCODER.dim,
+        mlp_dim=int(ENCODER.dim * ENCODER.mlp_ratio),
+        num_layers=ENCODER.depth,
+        num_heads=ENCODER.heads,
+        masking_ratio=RATIO,
+        decoder_hidden_size=DECODER.dim,
+        decoder_mlp_dim=int(DECODER.dim * DECODER.mlp_ratio),
+        decoder_num_layers=DECODER.depth,
+        decoder_num_heads=DECODER.heads,
+    )
+
+
+def loss_of(model, batch: dict, is_ours: bool) -> torch.Tensor:
+    if is_ours:
+        return model(batch).loss
+    pred, mask = model(batch["image"])  # (B, N, P) for every patch, (B, N) 1 = hidden
+    target = rearrange(batch["image"], "b c (x p) (y q) (z r) -> b (x y z) (p q r c)", p=PATCH, q=PATCH, r=PATCH)
+    return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+
+
+def step_fn(model, batch, is_ours: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step():
+        loss_of(model, batch, is_ours).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def memory_bytes(model, batch, is_ours: bool, device) -> tuple[int, int]:
+    """(activation bytes, peak bytes) of one step: on a GPU the allocator's peak (activations:
+    the peak above what was allocated before the step); on a CPU the estimate in the module doc."""
+    if device.type == "cuda":
+        step = step_fn(model, batch, is_ours)
+        step()  # creates the AdamW moments
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return peak - before, peak
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_of(model, batch, is_ours)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    n_param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    activations = sum(saved.values())
+    return activations, activations + 4 * n_param_bytes  # weights, gradients, two AdamW moments
+
+
+def _timed(fn, device) -> float:
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; one step of each per round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    batch = {
+        "image": torch.rand(args.batch, 1, SIZE, SIZE, SIZE, device=device),
+        "spacing": torch.ones(args.batch, 3, device=device),
+    }
+    models = {"ours": ours().to(device).train(), "monai": theirs().to(device).train()}
+    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    memory = {k: memory_bytes(m, batch, k == "ours", device) for k, m in models.items()}
+    steps = {k: step_fn(m, batch, k == "ours") for k, m in models.items()}
+    for fn in steps.values():
+        for _ in range(args.warmup):
+            fn()
+    times = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for k, fn in steps.items():
+            times[k].append(_timed(fn, device))
+    rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    kind = "allocator peak" if device.type == "cuda" else "saved activations + 4 x params"
+    print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE}^3, patch {PATCH}^3, mask {RATIO}")
+    print(f"{'model':<8}{'params M':>10}{'samples/s':>11}{'activ MiB':>11}{'peak MiB':>10}   (peak: {kind})")
+    for k in models:
+        act, peak = memory[k]
+        print(f"{k:<8}{n_params[k] / 1e6:>10.1f}{rate[k]:>11.2f}{act / 2**20:>11.0f}{peak / 2**20:>10.0f}")
+    ratio = {i: memory["ours"][i] / memory["monai"][i] for i in (0, 1)}
+    print(
+        f"ours/monai: speed {rate['ours'] / rate['monai']:.2f}x, "
+        f"activation memory {ratio[0]:.2f}x, peak memory {ratio[1]:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
