@@ -19,9 +19,9 @@ and every weight are shared, and a 2-D batch uses every parameter, so DDP sees n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

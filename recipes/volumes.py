@@ -44,7 +44,9 @@ def main():
     g.add_argument("--mix-2d", type=float, default=0.0, help="fraction of pretraining batches that are 2-D slices")
     g.add_argument("--synthetic-per-class", type=int, default=24, help="built-in synthetic volumes per class")
     args = parse_args(parser)
-    pipe = PipelineConfig(args.roi, args.window, args.spacing, crop_foreground=not args.no_crop_foreground, samples=args.samples)
+    pipe = PipelineConfig(
+        args.roi, args.window, args.spacing, crop_foreground=not args.no_crop_foreground, samples=args.samples
+    )
     data = build_domain(
         args.data,
         args.eval_data,
