@@ -341,11 +341,7 @@ class VolumeDataset(torch.utils.data.Dataset):
     """Prepared volumes, each seen ``repeat`` times per epoch through a random (or fixed) transform."""
 
     def __init__(self, items: list[dict], transform=None, repeat: int = 1, slices: bool = False):
-        from monai import transforms as T
-
-        self.items, self.repeat = items, repeat
-        self.transform = T.Compose([*([transform] if transform else [])])
-        self.to_sample = ToSample(slices)
+        self.items, self.transform, self.repeat, self.to_sample = items, transform, repeat, ToSample(slices)
         labels = [it["label"] for it in items]
         self.targets = [int(y) for y in labels] if all(isinstance(y, int) for y in labels) else None
 
@@ -353,7 +349,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         return len(self.items) * self.repeat
 
     def __getitem__(self, i: int) -> dict:
-        d = self.transform(dict(self.items[i % len(self.items)]))
+        d = dict(self.items[i % len(self.items)])
+        d = self.transform(d) if self.transform else d
         return self.to_sample(d[0] if isinstance(d, list) else d)  # MONAI's sampling crops return a list
 
 
@@ -364,7 +361,7 @@ def prepare(
     or -1, "name"} once; bad files raise a ``DataError`` naming them, or are skipped and listed."""
     from tqdm.auto import tqdm
 
-    select, stack = (None, True) if four_d == "stack" else (None if four_d is None else int(four_d), False)
+    select, stack = (None, True) if four_d == "stack" else (four_d, False)
     transform = pipeline(cfg, "prepare", segment)
     items, skipped = [], []
     for rec in tqdm(records, desc="reading volumes", disable=not progress, leave=False):
@@ -516,7 +513,7 @@ def synthetic_records(n_per_class: int, size: int, seed: int) -> list[dict]:
             num_objs=(3, 9)[cls],
             rad_max=size // 6,
             rad_min=size // 12,
-            noise_max=0.3,
+            noise_max=0.1,
             num_seg_classes=1,
             random_state=rs,
         )

@@ -39,7 +39,11 @@ def main():
     g.add_argument("--patch", type=triple(int), default=(16, 16, 16), help="patch size in voxels, e.g. 16 or 16,16,4")
     g.add_argument("--samples", type=int, default=2, help="random crops per volume and epoch")
     g.add_argument("--no-crop-foreground", action="store_true", help="keep the background around the body")
-    g.add_argument("--volume-4d", help="4-D files: 'stack' volumes as channels, or an index N to select one")
+    g.add_argument(
+        "--volume-4d",
+        type=lambda text: text if text == "stack" else int(text),
+        help="4-D files (DWI, fMRI): 'stack' their volumes as channels, or an index N to select one",
+    )
     g.add_argument("--classes", type=int, default=2, help="segmentation classes, background included")
     g.add_argument("--mix-2d", type=float, default=0.0, help="fraction of pretraining batches that are 2-D slices")
     g.add_argument("--synthetic-per-class", type=int, default=24, help="built-in synthetic volumes per class")
