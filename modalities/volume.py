@@ -585,7 +585,7 @@ def build_domain(
     n_classes: int = 2,
     four_d=None,
     mix_2d: float = 0.0,
-    synthetic_per_class: int = 24,
+    synthetic_per_class: int = 64,
     synthetic_size: int = 64,
     mask=None,
     seed: int = 0,

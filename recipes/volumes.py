@@ -22,7 +22,7 @@ def triple(kind):
 
 def main():
     parser = build_parser("volumes", __doc__.splitlines()[0])
-    parser.set_defaults(batch_size=8, max_steps=300, finetune_steps=150, probe_steps=200, finetune_lr=1e-2)
+    parser.set_defaults(batch_size=16, max_steps=600, finetune_steps=200, probe_steps=200, finetune_lr=1e-2)
     g = parser.add_argument_group("volumes")
     g.add_argument("--task", choices=("classify", "segment"), default="classify")
     g.add_argument(
@@ -46,7 +46,7 @@ def main():
     )
     g.add_argument("--classes", type=int, default=2, help="segmentation classes, background included")
     g.add_argument("--mix-2d", type=float, default=0.0, help="fraction of pretraining batches that are 2-D slices")
-    g.add_argument("--synthetic-per-class", type=int, default=24, help="built-in synthetic volumes per class")
+    g.add_argument("--synthetic-per-class", type=int, default=64, help="built-in synthetic volumes per class")
     args = parse_args(parser)
     pipe = PipelineConfig(
         args.roi, args.window, args.spacing, crop_foreground=not args.no_crop_foreground, samples=args.samples
