@@ -180,9 +180,10 @@ def run(args: argparse.Namespace, data: DomainData) -> dict:
     encoder_dir = out / "encoder" if "pretrain" in stages or not args.encoder else Path(args.encoder)
     if "pretrain" in stages:
         save(pretrain(args, data, acc, out))
+    later = {"probe": probe, "finetune": finetune, **data.stages}
     for name in ("probe", "finetune"):
         if name in stages:
-            save(data.stages.get(name, {"probe": probe, "finetune": finetune}[name])(args, data, acc, out, encoder_dir))
+            save(later[name](args, data, acc, out, encoder_dir))
     if acc.is_main_process:
         print(results_table(metrics))
     acc.end_training()
