@@ -13,6 +13,7 @@ classify but do not segment.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -101,10 +102,35 @@ class Segmenter(nn.Module):
         return SegmenterOutput(None if y is None else self.loss_fn(logits, y), logits)
 
 
+def save_prediction(save_dir: Path, item: dict, name: str, image, truth, pred) -> None:
+    """``<name>_pred.nii.gz`` (labels on the preprocessed grid, with its affine, so viewers place it
+    in the scanner's space) and ``<name>.png``: image | truth | prediction on the axial slice with
+    the most labelled voxels."""
+    import nibabel as nib
+    from PIL import Image
+
+    from modalities.volume import strip_extension
+
+    stem = strip_extension(Path(name).name.replace(":", "_"))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    affine = getattr(item["image"], "affine", torch.eye(4)).cpu().numpy()
+    nib.save(nib.Nifti1Image(pred.cpu().numpy().astype("uint8"), affine), save_dir / f"{stem}_pred.nii.gz")
+    z = int((truth > 0).sum((0, 1)).argmax())
+    lo, hi = image.min(), image.max()
+    panels = [(image[..., z] - lo) / (hi - lo).clamp_min(1e-6), truth[..., z].float(), pred[..., z].float()]
+    top = max(1, int(truth.max()), int(pred.max()))
+    panels = [panels[0]] + [p / top for p in panels[1:]]
+    row = torch.cat([p.cpu().T.flip(0) for p in panels], dim=1)  # radiological view, side by side
+    Image.fromarray((row.clamp(0, 1).numpy() * 255).round().astype("uint8")).save(save_dir / f"{stem}.png")
+
+
 @torch.no_grad()
-def evaluate(model: Segmenter, dataset, roi, classes: list[str], device, overlap: float = 0.25) -> dict:
+def evaluate(
+    model: Segmenter, dataset, roi, classes: list[str], device, overlap: float = 0.25, save_dir: Path | None = None
+) -> dict:
     """Sliding-window Dice per foreground class over whole volumes, and the same for an empty
-    prediction (the baseline a model must beat)."""
+    prediction (the baseline a model must beat). With ``save_dir``, each volume's prediction is
+    written there (``save_prediction``)."""
     from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
@@ -124,7 +150,11 @@ def evaluate(model: Segmenter, dataset, roi, classes: list[str], device, overlap
             overlap=overlap,
             mode="gaussian",
         )
-        dice(one_hot(logits.argmax(1, keepdim=True), n), truth)
+        pred = logits.argmax(1, keepdim=True)
+        dice(one_hot(pred, n), truth)
+        if save_dir is not None:
+            it = dataset.items[i % len(dataset.items)]
+            save_prediction(save_dir, it, it["name"], image[0, 0], item["y"][0], pred[0, 0])
         empty(torch.zeros_like(truth).index_fill_(1, torch.tensor([0], device=device), 1), truth)
     per_class, baseline = dice.aggregate().cpu(), empty.aggregate().cpu()
     out = {f"dice/{c}": float(v) for c, v in zip(classes[1:], per_class, strict=True)}
@@ -155,7 +185,8 @@ def segmentation_stage(freeze: bool):
         groups = None if freeze else layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
         fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, name, groups=groups, resume=args.resume)
         model = acc.unwrap_model(model)
-        metrics = evaluate(model, data.eval, tuple(args.roi), data.classes, acc.device)
+        save_dir = out / "segmentations" / name if acc.is_main_process else None
+        metrics = evaluate(model, data.eval, tuple(args.roi), data.classes, acc.device, save_dir=save_dir)
         return {f"{name}/{k}": v for k, v in metrics.items()}
 
     return stage

@@ -29,6 +29,9 @@ def test_two_process_segmentation_run_mixing_2d_slices_and_3d_crops(tmp_path):
     for key in ("pretrain/eval_loss", "probe/dice_mean", "finetune/dice_mean", "finetune/dice/sphere"):
         assert np.isfinite(metrics[key]), key
     assert (out / "encoder" / "model.safetensors").is_file() and list((out / "reconstructions").glob("*.png"))
+    for stage in ("probe", "finetune"):  # one picture and one label volume per held-out volume
+        assert len(list((out / "segmentations" / stage).glob("*.png"))) == metrics["data/eval_volumes"]
+        assert len(list((out / "segmentations" / stage).glob("*_pred.nii.gz"))) == metrics["data/eval_volumes"]
 
 
 def test_spinal_cord_segmentation_on_a_held_out_contrast_beats_the_empty_prediction(shared, tmp_path):
@@ -60,6 +63,19 @@ def test_spinal_cord_segmentation_on_a_held_out_contrast_beats_the_empty_predict
     assert metrics["data/spacing_max_mm"] == [1.0, 1.0, 1.0]  # thick-slice T2* and MT resampled
     assert metrics["finetune/dice_empty_baseline"] == 0.0
     assert metrics["finetune/dice/label_1"] > 0.15, metrics
+    pred = nib.load(out / "segmentations" / "finetune" / "t2_pred.nii.gz")
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1} and pred.header.get_zooms() == (1.0, 1.0, 1.0)
+    assert nib.aff2axcodes(pred.affine) == ("R", "A", "S")  # the file was PSR; predictions are in RAS
+
+
+def test_unlabelled_mni152_pretrains_and_the_probe_says_it_needs_labels(shared, tmp_path):
+    out = tmp_path / "run"
+    common = [*SMALL, "--data", shared / "medical3d/mni152_nilearn", "--out", out, "--spacing", "4", "--roi", "32"]
+    launch(*common, "--stage", "pretrain", "--max-steps", "3", "--patch", "8")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data/classes"] == [] and metrics["pretrain/steps"] == 3
+    proc = launch(*common, "--stage", "probe", "--patch", "8", check=False, direct=True)
+    assert proc.returncode == 2 and "mni152_nilearn: the volumes have no labels" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_adrenalmnist3d_probe_beats_chance(shared, tmp_path):
