@@ -61,6 +61,7 @@ class DomainData:
     groups: list[int] | None = None  # group of every pretraining item; a batch holds one group (2-D/3-D)
     recon_eval: Dataset | None = None  # held-out items for reconstruction figures; defaults to ``eval``
     stages: dict[str, Callable] = field(default_factory=dict)  # replaces "probe"/"finetune" (e.g. segmentation)
+    preprocessing: dict = field(default_factory=dict)  # saved with the encoder: how to prepare new inputs
 
 
 def build_parser(domain: str, description: str) -> argparse.ArgumentParser:
@@ -300,6 +301,7 @@ def pretrain(args, data: DomainData, acc, out: Path) -> dict:
             classes=data.classes,
             mask=dataclasses.asdict(data.mask),
             pretrain={"steps": res.steps, "loss": res.last_loss},
+            preprocessing=data.preprocessing,
         )
     acc.wait_for_everyone()
     return {

@@ -386,6 +386,16 @@ def prepare(
     return items, skipped
 
 
+def to_batch(paths, cfg: PipelineConfig, select: int | None = None, stack: bool = False) -> dict:
+    """NIfTI or .npy files -> an encoder batch {"image": (B, C, *roi), "spacing": (B, 3)}, prepared
+    as in training (pass ``PipelineConfig(**encoder.info["preprocessing"])``) and centre-cropped."""
+    from monai import transforms as T
+
+    centre = T.Compose([pipeline(cfg, "prepare"), pipeline(cfg, "eval")])
+    samples = [ToSample()(centre({"image": read_volume(p, select, stack), "label": -1})) for p in paths]
+    return {k: torch.stack([s["x"][k] for s in samples]) for k in ("image", "spacing")}
+
+
 # --------------------------------------------------------------------------------------- discovery
 LABEL_SUFFIXES = ("_seg-manual", "_seg")  # BIDS-style derivatives, as in the Spinal Cord Toolbox data
 
@@ -688,6 +698,7 @@ def build_domain(
         norm_target=False,  # intensities are normalised by the pipeline; per-patch targets are mostly noise
         groups=groups,
         stages=stages,
+        preprocessing=asdict(pipe),
         info={
             "train_volumes": len(train),
             "eval_volumes": len(held),

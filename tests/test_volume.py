@@ -1,7 +1,9 @@
 """Volumes: readers and their checks, every MONAI pipeline preset, millimetre coordinates, the
 shared 2-D/3-D encoder."""
 
+import dataclasses
 import gzip
+import json
 import struct
 
 import nibabel as nib
@@ -24,6 +26,7 @@ from modalities.volume import (
     prepare,
     read_label,
     read_volume,
+    to_batch,
 )
 from tests.conftest import TINY_ENCODER
 
@@ -254,6 +257,17 @@ def test_pipeline__segmentation_crops_keep_label_aligned_and_find_the_foreground
         assert torch.equal((s["x"]["image"] > 0.5).long(), s["y"])
         with_foreground += int(s["y"].any())
     assert with_foreground >= 12  # half the crops are centred on the label: far above its volume share
+
+
+def test_to_batch__new_files_prepared_as_the_encoder_was_trained(tmp_path):
+    saved = json.loads(json.dumps(dataclasses.asdict(PipelineConfig((16, 16, 8), "wide", (1.0, 1.0, 2.0)))))
+    cfg = PipelineConfig(**saved)  # what a saved encoder's info["preprocessing"] rebuilds
+    a = write_nifti(tmp_path / "a.nii.gz", np.full((20, 18, 6), 1000.0, np.float32), (1.0, 1.0, 3.0))
+    b = write_nifti(tmp_path / "b.nii", np.full((12, 30, 9), -1000.0, np.float32), (2.0, 1.0, 2.0))
+    batch = to_batch([a, b], cfg)
+    assert batch["image"].shape == (2, 1, 16, 16, 8)
+    assert batch["image"][0].max() == 1.0 and batch["image"][1].max() == 0.0  # the wide window
+    torch.testing.assert_close(batch["spacing"], torch.tensor([[1.0, 1.0, 2.0]] * 2))
 
 
 # ------------------------------------------------------------------------------- adapter, encoder
