@@ -27,6 +27,7 @@ from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
 from foundations.vit import EncoderConfig
 from modalities import build_adapter
+from pretrain_step import matmul_peak  # benchmarks/ is on the path when this file is run
 
 SIZE, PATCH, RATIO = 96, 16, 0.75
 ENCODER = EncoderConfig(dim=768, depth=12, heads=12, mlp_ratio=4.0)
@@ -55,6 +56,28 @@ def theirs() -> torch.nn.Module:
         decoder_num_layers=DECODER.depth,
         decoder_num_heads=DECODER.heads,
     )
+
+
+def model_flops(batch: int) -> float:
+    """Matmul FLOPs of one training step of this core (x3 for forward and backward, less the
+    input gradient of the patch embedding): every patch embedded, the encoder on the visible
+    tokens, the decoder on all tokens, predictions for the hidden ones."""
+    n = (SIZE // PATCH) ** 3
+    n_vis = n - int(round(n * RATIO))
+    patch_dim = PATCH**3
+
+    def layers(tokens, dim, depth):  # qkv + proj + mlp = 24 n d^2, attention scores and mix = 4 n^2 d
+        return depth * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
+
+    embed = 2 * n * patch_dim * ENCODER.dim
+    fwd = (
+        embed
+        + layers(n_vis, ENCODER.dim, ENCODER.depth)
+        + 2 * n_vis * ENCODER.dim * DECODER.dim
+        + layers(n, DECODER.dim, DECODER.depth)
+        + 2 * (n - n_vis) * DECODER.dim * patch_dim
+    )
+    return (3 * fwd - embed) * batch
 
 
 def loss_of(model, batch: dict, is_ours: bool) -> torch.Tensor:
@@ -143,6 +166,14 @@ def main():
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     kind = "allocator peak" if device.type == "cuda" else "saved activations + 4 x params"
     print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE}^3, patch {PATCH}^3, mask {RATIO}")
+    if device.type == "cpu":
+        peak, flops = matmul_peak(), model_flops(args.batch)
+        step_s = statistics.median(times["ours"])
+        print(
+            f"ours: {flops / 1e9:.0f} GFLOP/step at {flops / step_s / 1e9:.0f} GFLOP/s = {flops / step_s / peak:.0%} "
+            f"of this CPU's fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s): the most any implementation of "
+            f"these FLOPs could gain is {peak * step_s / flops:.2f}x"
+        )
     print(f"{'model':<8}{'params M':>10}{'samples/s':>11}{'activ MiB':>11}{'peak MiB':>10}   (peak: {kind})")
     for k in models:
         act, peak = memory[k]
