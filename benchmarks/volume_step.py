@@ -22,12 +22,12 @@ import time
 
 import torch
 from einops import rearrange
+from pretrain_step import matmul_peak  # benchmarks/ is on the path when this file is run
 
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
 from foundations.vit import EncoderConfig
 from modalities import build_adapter
-from pretrain_step import matmul_peak  # benchmarks/ is on the path when this file is run
 
 SIZE, PATCH, RATIO = 96, 16, 0.75
 ENCODER = EncoderConfig(dim=768, depth=12, heads=12, mlp_ratio=4.0)

@@ -24,16 +24,24 @@ def main():
     parser = build_parser("volumes", __doc__.splitlines()[0])
     parser.set_defaults(batch_size=16, max_steps=600, finetune_steps=200, probe_steps=200, finetune_lr=1e-2)
     g = parser.add_argument_group("volumes")
-    g.add_argument("--task", choices=("classify", "segment"), default="classify")
+    g.add_argument(
+        "--task",
+        choices=("classify", "segment"),
+        default="classify",
+        help="classify: linear probe and fine-tuning on volume labels; segment: UNETR on label volumes "
+        "(probe = frozen encoder), Dice by sliding windows over whole held-out volumes",
+    )
     g.add_argument(
         "--window",
         choices=INTENSITY,
         help="intensity preset: CT windows in HU (abdomen -175..250, lung -1350..150, brain 0..80, "
         "wide -1000..1000) scaled to 0..1; mri = z-score of non-zero voxels per channel; unit = "
-        "min-max to 0..1. Default: mri for NIfTI, unit for arrays",
+        "min-max to 0..1. Unset: mri for NIfTI, unit for arrays",
     )
     g.add_argument(
-        "--spacing", type=triple(float), help="resample to this voxel spacing in mm, e.g. 1.5 or 1,1,3 (default: keep)"
+        "--spacing",
+        type=triple(float),
+        help="resample to this voxel spacing in mm, e.g. 1.5 or 1,1,3; unset keeps the file's",
     )
     g.add_argument("--roi", type=triple(int), default=(64, 64, 64), help="crop size in voxels, e.g. 96 or 96,96,32")
     g.add_argument("--patch", type=triple(int), default=(16, 16, 16), help="patch size in voxels, e.g. 16 or 16,16,4")
