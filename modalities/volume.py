@@ -568,13 +568,15 @@ def data_card(root) -> str:
 
 
 def segmentation_classes(root, n_classes: int) -> list[str]:
-    """Class names: the Decathlon's dataset.json "labels" when present, else label_1 ... label_{n-1}."""
+    """Class names from dataset.json "labels" when present (the Decathlon's {"1": "spleen"} or
+    nnU-Net v2's {"spleen": 1}), else background, label_1 ... label_{n-1}."""
     import json
 
     table = Path(root) / "dataset.json" if root else None
     if table is not None and table.is_file():
-        names = json.loads(table.read_text()).get("labels", {})
-        names = {int(v) if k.isalpha() else int(k): (k if k.isalpha() else v) for k, v in names.items()}
+        labels = json.loads(table.read_text()).get("labels", {})
+        names = {int(k): v for k, v in labels.items() if str(k).isdigit()}
+        names |= {int(v): k for k, v in labels.items() if not str(k).isdigit() and isinstance(v, int)}
         if names:
             return [names.get(i, f"label_{i}") for i in range(max(n_classes, max(names) + 1))]
     return ["background", *(f"label_{i}" for i in range(1, n_classes))]

@@ -26,6 +26,7 @@ from modalities.volume import (
     prepare,
     read_label,
     read_volume,
+    segmentation_classes,
     to_batch,
 )
 from tests.conftest import TINY_ENCODER
@@ -102,6 +103,15 @@ def test_find_pairs__decathlon_layout(tmp_path):
         ("la_003_0000.nii.gz", "la_003.nii.gz"),
         ("la_007_0000.nii.gz", "la_007.nii.gz"),
     ]
+
+
+@pytest.mark.parametrize(
+    "labels", [{"0": "background", "1": "left_kidney", "2": "spleen"}, {"background": 0, "left_kidney": 1, "spleen": 2}]
+)
+def test_segmentation_classes__from_decathlon_and_nnunet_dataset_json(tmp_path, labels):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))
+    assert segmentation_classes(tmp_path, 2) == ["background", "left_kidney", "spleen"]  # the file sets the count
+    assert segmentation_classes(tmp_path / "elsewhere", 3) == ["background", "label_1", "label_2"]
 
 
 def test_find_records__adrenalmnist3d_npz(shared):
