@@ -145,6 +145,10 @@ def read_nifti(path, select: int | None = None, stack: bool = False):
 
     A 4-D file (DWI, fMRI) needs an explicit choice: ``select`` one volume (index along the 4th
     axis) or ``stack`` all of them as channels. A trailing axis of length 1 is dropped.
+
+    nibabel is used directly rather than through MONAI's ``LoadImage``: the checks below need the
+    raw header (nibabel's load replaces zero or negative spacing silently) and the 4-D decision
+    must come before any channel handling; MONAI takes over from the MetaTensor this returns.
     """
     import nibabel as nib
 
