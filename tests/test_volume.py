@@ -122,6 +122,15 @@ def test_find_records__adrenalmnist3d_npz(shared):
     assert sorted({r["label"] for r in records}) == [0, 1]
 
 
+def test_find_records__labels_csv_of_nifti(tmp_path):
+    for name in ("p1.nii.gz", "p2.nii", "p3.nii.gz"):
+        write_nifti(tmp_path / name, np.zeros((4, 4, 4), np.float32))
+    (tmp_path / "labels.csv").write_text("path,label\np1.nii.gz,tumour\np2.nii,normal\np3.nii.gz,tumour\n")
+    records, classes = find_records(tmp_path, segment=False)
+    assert classes == ["normal", "tumour"]
+    assert [(r["image"].name, r["label"]) for r in records] == [("p1.nii.gz", 1), ("p2.nii", 0), ("p3.nii.gz", 1)]
+
+
 def test_find_records__flat_folder_is_unlabelled(shared):
     records, classes = find_records(shared / "medical3d/mni152_nilearn", segment=False)
     assert classes == [] and len(records) == 3 and {r["label"] for r in records} == {-1}
