@@ -84,7 +84,7 @@ class Segmenter(nn.Module):
         patch = encoder.adapter.config.patch
         if len(set(patch)) != 1 or patch[0] < 2 or patch[0] & (patch[0] - 1):
             raise ValueError(f"UNETR segmentation needs an isotropic power-of-two patch, the encoder has {patch}")
-        self.encoder, self.patch, self.freeze = encoder, patch[0], freeze
+        self.encoder, self.patch, self.freeze, self.features = encoder, patch[0], freeze, features
         self.head = UNETRHead(encoder.adapter.config.channels, encoder.cfg.dim, patch[0], n_classes, features)
         depth, s = len(encoder.blocks), self.head.stages
         self.layers = [max(1, k * depth // s) for k in range(1, s)] + [depth]
@@ -102,19 +102,95 @@ class Segmenter(nn.Module):
         return SegmenterOutput(None if y is None else self.loss_fn(logits, y), logits)
 
 
+def save_segmenter(model: Segmenter, directory, classes: list[str], **info) -> Path:
+    """The fine-tuned encoder as ``save_pretrained`` writes it (with ``info``) and its UNETR head
+    in ``head.safetensors`` beside it; ``load_segmenter`` reads both."""
+    from safetensors.torch import save_file
+
+    from foundations.checkpoint import save_pretrained
+
+    directory = Path(directory)
+    save_pretrained(model.encoder, directory, segmentation={"classes": classes, "features": model.features}, **info)
+    head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+    save_file(head, directory / "head.safetensors")
+    return directory
+
+
+def load_segmenter(directory, device: str | torch.device = "cpu") -> Segmenter:
+    """A segmenter written by ``save_segmenter`` (e.g. ``runs/volumes/segmenter/finetune``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from foundations.checkpoint import CheckpointError, load_encoder, load_state
+
+    directory = Path(directory)
+    encoder = load_encoder(directory)
+    spec = encoder.info.get("segmentation")
+    if spec is None:
+        raise CheckpointError(f"{directory}: an encoder without a segmentation head; fine-tune with --task segment")
+    model = Segmenter(encoder, len(spec["classes"]), spec["features"])
+    try:
+        state = load_file(directory / "head.safetensors")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{directory / 'head.safetensors'}: missing or unreadable ({e})") from None
+    load_state(model.head, state, directory / "head.safetensors")
+    model.classes = spec["classes"]
+    return model.to(device).eval()
+
+
+def infer(model: Segmenter, image, spacing, roi, overlap: float = 0.25) -> torch.Tensor:
+    """Logits (B, classes, X, Y, Z) of whole volumes (B, C, X, Y, Z) by gaussian-weighted sliding windows."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        image,
+        roi,
+        4,
+        lambda patch: model({"image": patch, "spacing": spacing}).logits,
+        overlap=overlap,
+        mode="gaussian",
+    )
+
+
+def save_labels(path: Path, labels: torch.Tensor, affine) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(labels.cpu().numpy().astype("uint8"), torch.as_tensor(affine).cpu().numpy()), path)
+
+
+@torch.no_grad()
+def segment_files(model: Segmenter, paths, out_dir, overlap: float = 0.25) -> list[Path]:
+    """Segment NIfTI (or .npy) files prepared exactly as in training (the encoder's stored
+    preprocessing); writes ``<name>_seg.nii.gz`` on the preprocessed grid with its affine."""
+    from modalities.volume import PipelineConfig, ToSample, pipeline, read_volume, strip_extension
+
+    cfg = PipelineConfig(**model.encoder.info["preprocessing"])
+    prepare = pipeline(cfg, "prepare")
+    device = next(model.parameters()).device
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        item = prepare({"image": read_volume(path), "label": -1})
+        x = ToSample()(item)["x"]
+        image, spacing = x["image"][None].to(device), x["spacing"][None].to(device)
+        labels = infer(model, image, spacing, cfg.roi, overlap).argmax(1)[0]
+        written.append(out_dir / f"{strip_extension(Path(path).name)}_seg.nii.gz")
+        save_labels(written[-1], labels, item["image"].affine)
+    return written
+
+
 def save_prediction(save_dir: Path, item: dict, name: str, image, truth, pred) -> None:
     """``<name>_pred.nii.gz`` (labels on the preprocessed grid, with its affine, so viewers place it
     in the scanner's space) and ``<name>.png``: image | truth | prediction on the axial slice with
     the most labelled voxels."""
-    import nibabel as nib
     from PIL import Image
 
     from modalities.volume import strip_extension
 
     stem = strip_extension(Path(name).name.replace(":", "_"))
     save_dir.mkdir(parents=True, exist_ok=True)
-    affine = getattr(item["image"], "affine", torch.eye(4)).cpu().numpy()
-    nib.save(nib.Nifti1Image(pred.cpu().numpy().astype("uint8"), affine), save_dir / f"{stem}_pred.nii.gz")
+    save_labels(save_dir / f"{stem}_pred.nii.gz", pred, item["image"].affine)
     z = int((truth > 0).sum((0, 1)).argmax())
     lo, hi = image.min(), image.max()
     panels = [(image[..., z] - lo) / (hi - lo).clamp_min(1e-6), truth[..., z].float(), pred[..., z].float()]
@@ -131,7 +207,6 @@ def evaluate(
     """Sliding-window Dice per foreground class over whole volumes, and the same for an empty
     prediction (the baseline a model must beat). With ``save_dir``, each volume's prediction is
     written there (``save_prediction``)."""
-    from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
@@ -142,14 +217,7 @@ def evaluate(
         item = dataset[i]
         image, spacing = item["x"]["image"][None].to(device), item["x"]["spacing"][None].to(device)
         truth = one_hot(item["y"][None].to(device), n)
-        logits = sliding_window_inference(
-            image,
-            roi,
-            4,
-            lambda patch, spacing=spacing: model({"image": patch, "spacing": spacing}).logits,
-            overlap=overlap,
-            mode="gaussian",
-        )
+        logits = infer(model, image, spacing, roi, overlap)
         pred = logits.argmax(1, keepdim=True)
         dice(one_hot(pred, n), truth)
         if save_dir is not None:
@@ -187,6 +255,15 @@ def segmentation_stage(freeze: bool):
         model = acc.unwrap_model(model)
         save_dir = out / "segmentations" / name if acc.is_main_process else None
         metrics = evaluate(model, data.eval, tuple(args.roi), data.classes, acc.device, save_dir=save_dir)
+        if acc.is_main_process:
+            save_segmenter(
+                model,
+                out / "segmenter" / name,
+                data.classes,
+                data_card=data.data_card,
+                preprocessing=data.preprocessing,
+            )
+        acc.wait_for_everyone()
         return {f"{name}/{k}": v for k, v in metrics.items()}
 
     return stage

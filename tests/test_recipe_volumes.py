@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from modalities.segmentation import load_segmenter, segment_files
+from modalities.volume import synthetic_records
 from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +34,17 @@ def test_two_process_segmentation_run_mixing_2d_slices_and_3d_crops(tmp_path):
     for stage in ("probe", "finetune"):  # one picture and one label volume per held-out volume
         assert len(list((out / "segmentations" / stage).glob("*.png"))) == metrics["data/eval_volumes"]
         assert len(list((out / "segmentations" / stage).glob("*_pred.nii.gz"))) == metrics["data/eval_volumes"]
+
+    # the saved segmenter, given a held-out volume as a NIfTI file, predicts what the run predicted
+    model = load_segmenter(out / "segmenter" / "finetune")
+    assert model.classes == ["background", "sphere"]
+    name = sorted((out / "segmentations" / "finetune").glob("*_pred.nii.gz"))[0].name.removesuffix("_pred.nii.gz")
+    record = next(r for r in synthetic_records(4, 64, seed=0) if r["name"] == name)
+    nib.save(nib.Nifti1Image(record["image"][0], np.eye(4)), tmp_path / f"{name}.nii.gz")
+    (written,) = segment_files(model, [tmp_path / f"{name}.nii.gz"], tmp_path / "predicted")
+    ours = np.asarray(nib.load(written).dataobj)
+    theirs = np.asarray(nib.load(out / "segmentations" / "finetune" / f"{name}_pred.nii.gz").dataobj)
+    assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999
 
 
 def test_spinal_cord_segmentation_on_a_held_out_contrast_beats_the_empty_prediction(shared, tmp_path):

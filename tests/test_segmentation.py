@@ -42,3 +42,18 @@ def test_unetr__frozen_encoder_trains_the_head_only():
 def test_unetr__needs_an_isotropic_power_of_two_patch(patch):
     with pytest.raises(ValueError, match="isotropic power-of-two patch"):
         segmenter(patch)
+
+
+def test_save_and_load_segmenter__same_logits_and_clear_error_for_a_plain_encoder(tmp_path):
+    from foundations.checkpoint import CheckpointError, save_pretrained
+    from modalities.segmentation import load_segmenter, save_segmenter
+
+    model = segmenter((8, 8, 8), depth=2).eval()
+    x = {"image": torch.rand(1, 2, 16, 16, 16), "spacing": torch.ones(1, 3)}
+    save_segmenter(model, tmp_path / "seg", ["background", "a", "b"], preprocessing={"roi": [16, 16, 16]})
+    loaded = load_segmenter(tmp_path / "seg")
+    assert loaded.classes == ["background", "a", "b"]
+    torch.testing.assert_close(loaded(x).logits, model(x).logits)
+    save_pretrained(model.encoder, tmp_path / "plain")
+    with pytest.raises(CheckpointError, match="without a segmentation head"):
+        load_segmenter(tmp_path / "plain")
