@@ -17,6 +17,7 @@ counted once) plus parameters, gradients and AdamW's two moments.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -66,15 +67,15 @@ def model_flops(batch: int) -> float:
     n_vis = n - int(round(n * RATIO))
     patch_dim = PATCH**3
 
-    def layers(tokens, dim, depth):  # qkv + proj + mlp = 24 n d^2, attention scores and mix = 4 n^2 d
-        return depth * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
+    def layers(tokens, dim, depth, mlp_ratio):  # qkv + proj = 8 n d^2, mlp = 4 r n d^2, attention 4 n^2 d
+        return depth * ((8 + 4 * mlp_ratio) * tokens * dim**2 + 4 * tokens**2 * dim)
 
     embed = 2 * n * patch_dim * ENCODER.dim
     fwd = (
         embed
-        + layers(n_vis, ENCODER.dim, ENCODER.depth)
+        + layers(n_vis, ENCODER.dim, ENCODER.depth, ENCODER.mlp_ratio)
         + 2 * n_vis * ENCODER.dim * DECODER.dim
-        + layers(n, DECODER.dim, DECODER.depth)
+        + layers(n, DECODER.dim, DECODER.depth, DECODER.mlp_ratio)
         + 2 * (n - n_vis) * DECODER.dim * patch_dim
     )
     return (3 * fwd - embed) * batch
@@ -144,7 +145,16 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; one step of each per round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--monai-mlp",
+        action="store_true",
+        help="MONAI's default MLP widths (512 in encoder and decoder) for both models instead of 4 x width",
+    )
     args = p.parse_args()
+    global ENCODER, DECODER
+    if args.monai_mlp:
+        ENCODER = dataclasses.replace(ENCODER, mlp_ratio=512 / ENCODER.dim)
+        DECODER = dataclasses.replace(DECODER, mlp_ratio=512 / DECODER.dim)
     torch.manual_seed(0)
     device = torch.device(args.device)
     batch = {
