@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 
 import numpy as np
 import open3d as o3d
 import torch
+from timing import interleaved, timed, training_step
 
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
@@ -40,12 +40,6 @@ def open3d_tokenize(clouds: np.ndarray, n_groups: int, k: int) -> list[np.ndarra
     return out
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def tokenization(rounds: int, batch: int = 32, k: int = 32) -> None:
     print(f"tokenization, batch {batch}, k {k} (clouds/s, median of {rounds} interleaved rounds)")
     print(f"{'points':>7}{'G':>5}{'ours':>10}{'open3d':>10}{'ratio':>8}")
@@ -54,13 +48,7 @@ def tokenization(rounds: int, batch: int = 32, k: int = 32) -> None:
         tensor = torch.from_numpy(clouds).float()
         for g in (64, 128):
             runs = {"ours": partial(group_points, tensor, g, k), "open3d": partial(open3d_tokenize, clouds, g, k)}
-            for fn in runs.values():
-                fn()
-            times = {name: [] for name in runs}
-            for _ in range(rounds):
-                for name, fn in runs.items():
-                    times[name].append(timed(fn))
-            rate = {name: batch / statistics.median(t) for name, t in times.items()}
+            rate = {name: batch / s for name, s in interleaved(runs, rounds).items()}
             print(f"{n:>7}{g:>5}{rate['ours']:>10.1f}{rate['open3d']:>10.1f}{rate['ours'] / rate['open3d']:>8.2f}")
 
 
@@ -75,14 +63,8 @@ def pretrain_step(rounds: int, batch: int = 32) -> None:
             norm_target=False,
         ),
     )
-    opt = torch.optim.AdamW(mae.parameters(), lr=1e-4)
     clouds = torch.randn(batch, 1024, 3)
-
-    def step():
-        mae(clouds).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = training_step(mae, lambda: mae(clouds).loss)
     step()
     t = statistics.median(timed(step) for _ in range(rounds))
     print(f"pretraining step at Point-MAE's configuration, batch {batch}: {t:.2f} s, {batch / t:.1f} clouds/s")

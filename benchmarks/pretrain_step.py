@@ -14,10 +14,9 @@ fp32 matmul throughput measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import interleaved, matmul_peak, training_step
 
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
@@ -88,30 +87,10 @@ def model_flops(preset: str, batch: int) -> float:
     return 3 * fwd * batch
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def step_fn(model, images, is_ours: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-
-    def step():
-        loss = model(images).loss if is_ours else model(pixel_values=images).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    if is_ours:
+        return training_step(model, lambda: model(images).loss)
+    return training_step(model, lambda: model(pixel_values=images).loss)
 
 
 def main():
@@ -133,16 +112,10 @@ def main():
             "ours": step_fn(ours(preset).train(), images, True),
             "hf": step_fn(theirs(preset).train(), images, False),
         }
-        for fn in steps.values():
-            for _ in range(args.warmup):
-                fn()
-        times = {k: [] for k in steps}
-        for _ in range(args.rounds):
-            for k, fn in steps.items():
-                times[k].append(_timed(fn))
+        seconds = interleaved(steps, args.rounds, args.warmup)
         flops = model_flops(preset, batch)
-        rate = {k: batch / statistics.median(v) for k, v in times.items()}
-        frac = {k: flops / statistics.median(v) / peak for k, v in times.items()}
+        rate = {k: batch / s for k, s in seconds.items()}
+        frac = {k: flops / s / peak for k, s in seconds.items()}
         print(
             f"ViT-{preset[0].upper():<4}{batch:>6}{rate['ours']:>10.2f}{rate['hf']:>10.2f}"
             f"{rate['ours'] / rate['hf']:>8.2f}{flops / 1e9:>12.1f}{frac['ours']:>10.1%}{frac['hf']:>9.1%}"

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 
 import torch
 from einops import rearrange
-from pretrain_step import matmul_peak  # benchmarks/ is on the path when this file is run
+from timing import interleaved, matmul_peak, training_step
 
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
@@ -35,31 +33,31 @@ ENCODER = EncoderConfig(dim=768, depth=12, heads=12, mlp_ratio=4.0)
 DECODER = DecoderConfig(dim=384, depth=4, heads=12, mlp_ratio=4.0)
 
 
-def ours() -> torch.nn.Module:
-    adapter = build_adapter({"name": "volume", "channels": 1, "patch": [PATCH] * 3, "roi": [SIZE] * 3}, ENCODER.dim)
-    return MaskedAutoencoder(adapter, MAEConfig(ENCODER, DECODER, MaskConfig("random", RATIO), norm_target=False))
+def ours(enc: EncoderConfig, dec: DecoderConfig) -> torch.nn.Module:
+    adapter = build_adapter({"name": "volume", "channels": 1, "patch": [PATCH] * 3, "roi": [SIZE] * 3}, enc.dim)
+    return MaskedAutoencoder(adapter, MAEConfig(enc, dec, MaskConfig("random", RATIO), norm_target=False))
 
 
-def theirs() -> torch.nn.Module:
+def theirs(enc: EncoderConfig, dec: DecoderConfig) -> torch.nn.Module:
     from monai.networks.nets import MaskedAutoEncoderViT
 
     return MaskedAutoEncoderViT(
         in_channels=1,
         img_size=SIZE,
         patch_size=PATCH,
-        hidden_size=ENCODER.dim,
-        mlp_dim=int(ENCODER.dim * ENCODER.mlp_ratio),
-        num_layers=ENCODER.depth,
-        num_heads=ENCODER.heads,
+        hidden_size=enc.dim,
+        mlp_dim=int(enc.dim * enc.mlp_ratio),
+        num_layers=enc.depth,
+        num_heads=enc.heads,
         masking_ratio=RATIO,
-        decoder_hidden_size=DECODER.dim,
-        decoder_mlp_dim=int(DECODER.dim * DECODER.mlp_ratio),
-        decoder_num_layers=DECODER.depth,
-        decoder_num_heads=DECODER.heads,
+        decoder_hidden_size=dec.dim,
+        decoder_mlp_dim=int(dec.dim * dec.mlp_ratio),
+        decoder_num_layers=dec.depth,
+        decoder_num_heads=dec.heads,
     )
 
 
-def model_flops(batch: int) -> float:
+def model_flops(batch: int, enc: EncoderConfig, dec: DecoderConfig) -> float:
     """Matmul FLOPs of one training step of this core (x3 for forward and backward, less the
     input gradient of the patch embedding): every patch embedded, the encoder on the visible
     tokens, the decoder on all tokens, predictions for the hidden ones."""
@@ -70,13 +68,13 @@ def model_flops(batch: int) -> float:
     def layers(tokens, dim, depth, mlp_ratio):  # qkv + proj = 8 n d^2, mlp = 4 r n d^2, attention 4 n^2 d
         return depth * ((8 + 4 * mlp_ratio) * tokens * dim**2 + 4 * tokens**2 * dim)
 
-    embed = 2 * n * patch_dim * ENCODER.dim
+    embed = 2 * n * patch_dim * enc.dim
     fwd = (
         embed
-        + layers(n_vis, ENCODER.dim, ENCODER.depth, ENCODER.mlp_ratio)
-        + 2 * n_vis * ENCODER.dim * DECODER.dim
-        + layers(n, DECODER.dim, DECODER.depth, DECODER.mlp_ratio)
-        + 2 * (n - n_vis) * DECODER.dim * patch_dim
+        + layers(n_vis, enc.dim, enc.depth, enc.mlp_ratio)
+        + 2 * n_vis * enc.dim * dec.dim
+        + layers(n, dec.dim, dec.depth, dec.mlp_ratio)
+        + 2 * (n - n_vis) * dec.dim * patch_dim
     )
     return (3 * fwd - embed) * batch
 
@@ -90,14 +88,7 @@ def loss_of(model, batch: dict, is_ours: bool) -> torch.Tensor:
 
 
 def step_fn(model, batch, is_ours: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-
-    def step():
-        loss_of(model, batch, is_ours).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return training_step(model, lambda: loss_of(model, batch, is_ours))
 
 
 def memory_bytes(model, batch, is_ours: bool, device) -> tuple[int, int]:
@@ -131,14 +122,6 @@ def memory_bytes(model, batch, is_ours: bool, device) -> tuple[int, int]:
     return activations, activations + 4 * n_param_bytes  # weights, gradients, two AdamW moments
 
 
-def _timed(fn, device) -> float:
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
@@ -151,34 +134,27 @@ def main():
         help="MONAI's default MLP widths (512 in encoder and decoder) for both models instead of 4 x width",
     )
     args = p.parse_args()
-    global ENCODER, DECODER
+    enc, dec = ENCODER, DECODER
     if args.monai_mlp:
-        ENCODER = dataclasses.replace(ENCODER, mlp_ratio=512 / ENCODER.dim)
-        DECODER = dataclasses.replace(DECODER, mlp_ratio=512 / DECODER.dim)
+        enc, dec = dataclasses.replace(enc, mlp_ratio=512 / enc.dim), dataclasses.replace(dec, mlp_ratio=512 / dec.dim)
     torch.manual_seed(0)
     device = torch.device(args.device)
     batch = {
         "image": torch.rand(args.batch, 1, SIZE, SIZE, SIZE, device=device),
         "spacing": torch.ones(args.batch, 3, device=device),
     }
-    models = {"ours": ours().to(device).train(), "monai": theirs().to(device).train()}
+    models = {"ours": ours(enc, dec).to(device).train(), "monai": theirs(enc, dec).to(device).train()}
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     memory = {k: memory_bytes(m, batch, k == "ours", device) for k, m in models.items()}
     steps = {k: step_fn(m, batch, k == "ours") for k, m in models.items()}
-    for fn in steps.values():
-        for _ in range(args.warmup):
-            fn()
-    times = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for k, fn in steps.items():
-            times[k].append(_timed(fn, device))
-    rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    seconds = interleaved(steps, args.rounds, args.warmup, torch.cuda.synchronize if device.type == "cuda" else None)
+    rate = {k: args.batch / s for k, s in seconds.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     kind = "allocator peak" if device.type == "cuda" else "saved activations + 4 x params"
     print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE}^3, patch {PATCH}^3, mask {RATIO}")
     if device.type == "cpu":
-        peak, flops = matmul_peak(), model_flops(args.batch)
-        step_s = statistics.median(times["ours"])
+        peak, flops = matmul_peak(), model_flops(args.batch, enc, dec)
+        step_s = seconds["ours"]
         print(
             f"ours: {flops / 1e9:.0f} GFLOP/step at {flops / step_s / 1e9:.0f} GFLOP/s = {flops / step_s / peak:.0%} "
             f"of this CPU's fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s): the most any implementation of "

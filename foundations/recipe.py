@@ -390,6 +390,17 @@ def probe(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
     return {f"probe/{k}": v for k, v in classification_metrics(logits, eval_y).items()}
 
 
+def finetune_config(args, steps: int, batch_size: int) -> TrainConfig:
+    """The schedule of a fine-tuning stage: this one, or a domain's own (e.g. segmentation)."""
+    return TrainConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        base_lr=args.finetune_lr,
+        warmup_steps=max(1, steps // 10),
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
 def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
     require_encoder(encoder_dir, data.adapter)
     encoder = load_encoder(encoder_dir)
@@ -407,14 +418,7 @@ def finetune(args, data: DomainData, acc, out: Path, encoder_dir: Path) -> dict:
         class_weights(dataset.targets, n_classes),
     )
     dl = loader(dataset, args, shuffle=True, processes=acc.num_processes)
-    steps = args.finetune_steps
-    cfg = TrainConfig(
-        max_steps=steps,
-        batch_size=dl.batch_size,
-        base_lr=args.finetune_lr,
-        warmup_steps=max(1, steps // 10),
-        checkpoint_every=args.checkpoint_every,
-    )
+    cfg = finetune_config(args, args.finetune_steps, dl.batch_size)
     groups = layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
     fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, "finetune", groups=groups, resume=args.resume)
     model = acc.unwrap_model(model)

@@ -221,8 +221,8 @@ def evaluate(
         pred = logits.argmax(1, keepdim=True)
         dice(one_hot(pred, n), truth)
         if save_dir is not None:
-            it = dataset.items[i % len(dataset.items)]
-            save_prediction(save_dir, it, it["name"], image[0, 0], item["y"][0], pred[0, 0])
+            prepared = dataset.items[i]  # whole volumes: one item each
+            save_prediction(save_dir, prepared, prepared["name"], image[0, 0], item["y"][0], pred[0, 0])
         empty(torch.zeros_like(truth).index_fill_(1, torch.tensor([0], device=device), 1), truth)
     per_class, baseline = dice.aggregate().cpu(), empty.aggregate().cpu()
     out = {f"dice/{c}": float(v) for c, v in zip(classes[1:], per_class, strict=True)}
@@ -235,21 +235,14 @@ def segmentation_stage(freeze: bool):
     def stage(args, data, acc, out, encoder_dir) -> dict:
         from foundations.checkpoint import load_encoder
         from foundations.heads import layer_decay_groups
-        from foundations.recipe import loader, require_encoder
-        from foundations.train import TrainConfig, fit
+        from foundations.recipe import finetune_config, loader, require_encoder
+        from foundations.train import fit
 
         name = "probe" if freeze else "finetune"
         require_encoder(encoder_dir, data.adapter)
         model = Segmenter(load_encoder(encoder_dir), len(data.classes), freeze=freeze)
         dl = loader(data.finetune, args, shuffle=True, processes=acc.num_processes)
-        steps = args.probe_steps if freeze else args.finetune_steps
-        cfg = TrainConfig(
-            max_steps=steps,
-            batch_size=dl.batch_size,
-            base_lr=args.finetune_lr,
-            warmup_steps=max(1, steps // 10),
-            checkpoint_every=args.checkpoint_every,
-        )
+        cfg = finetune_config(args, args.probe_steps if freeze else args.finetune_steps, dl.batch_size)
         groups = None if freeze else layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
         fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, name, groups=groups, resume=args.resume)
         model = acc.unwrap_model(model)

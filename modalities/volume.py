@@ -323,6 +323,13 @@ def pipeline(cfg: PipelineConfig, mode: str, segment: bool = False):
 
 
 # ---------------------------------------------------------------------------------------- datasets
+def spacing_mm(volume) -> torch.Tensor:
+    """(3,) voxel spacing of a MetaTensor, from its affine (so it follows every transform)."""
+    from monai.data.utils import affine_to_spacing
+
+    return affine_to_spacing(volume.affine, r=3).float()
+
+
 class ToSample:
     """Last step of every pipeline: plain tensors in the batch format of ``VolumeAdapter``,
     ``{"x": {"image", "spacing"}, "y"}`` with y a class index, a label volume or -1 (unlabelled)."""
@@ -331,9 +338,7 @@ class ToSample:
         self.slices = slices
 
     def __call__(self, d: dict) -> dict:
-        from monai.data.utils import affine_to_spacing
-
-        spacing = affine_to_spacing(d["image"].affine, r=3).float()  # mm, after every transform
+        spacing = spacing_mm(d["image"])
         image, label = torch.as_tensor(d["image"]).float(), d["label"]
         y = torch.as_tensor(label).long() if isinstance(label, torch.Tensor) else torch.tensor(label)
         if self.slices:
@@ -669,7 +674,7 @@ def build_domain(
     if len(channels) > 1:
         raise DataError(f"{data}: volumes have different channel counts {sorted(channels)}")
     config = VolumeConfig(channels.pop(), tuple(patch), pipe.roi)
-    spacings = torch.stack([torch.as_tensor(ToSample()(it)["x"]["spacing"]) for it in train])
+    spacings = torch.stack([spacing_mm(it["image"]) for it in train])
 
     pretrain = VolumeDataset(train, pipeline(pipe, "pretrain", segment), repeat=pipe.samples)
     groups = None

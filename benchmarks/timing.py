@@ -1,0 +1,54 @@
+"""What every benchmark here shares: timing, interleaved rounds, a training step, the matmul peak.
+
+Benchmarks run as scripts (``python benchmarks/<name>.py``), which puts this folder on the path.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timed(fn: Callable, sync: Callable | None = None) -> float:
+    """Seconds one call of ``fn`` takes (``sync`` waits for queued GPU work)."""
+    t = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    return time.perf_counter() - t
+
+
+def interleaved(runs: dict[str, Callable], rounds: int, warmup: int = 1, sync=None) -> dict[str, float]:
+    """Median seconds per call of each run, one call of each per round (round-robin), so machine
+    noise hits every run alike."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, sync))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One forward, backward and AdamW update (MAE's betas and weight decay) per call."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step():
+        loss().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """This CPU's fp32 matmul FLOP/s: the best of ``repeats`` square products."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    return 2 * size**3 / min(timed(lambda: a @ b) for _ in range(repeats))
