@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from foundations.adapter import Adapter, Targets, Tokens
 from foundations.masking import MaskConfig
 from foundations.recipe import DomainData
-from modalities.samples import DataError, check_held_out_classes, discover, require_classes, stratified_split
+from modalities.samples import DataError, check_held_out_classes, discover, held_out_split, require_classes
 
 CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".pts")
 MESH_EXTENSIONS = (".off", ".obj", ".stl")
@@ -500,7 +500,6 @@ def build_domain(
         full = CloudDataset(clouds, labels, sorted(set(labels)), n_points)
         require_classes(labels, data)
         card = KNOWN_CARDS.get(Path(data).name, f"user data at {data}")
-    held_split = next((s for s in ("test", "val") if s in splits), None)
     if eval_data is not None:
         more, more_labels, _, more_skipped = load_clouds(
             eval_data, n_points, sampling, skip_bad=skip_bad, progress=progress
@@ -508,11 +507,8 @@ def build_domain(
         check_held_out_classes(more_labels, full.classes, eval_data, data)
         train, held = full, CloudDataset(more, more_labels, full.classes, n_points)
         skipped += more_skipped
-    elif held_split is not None:
-        train = full.subset([i for i, s in enumerate(splits) if s != held_split])
-        held = full.subset([i for i, s in enumerate(splits) if s == held_split])
     else:
-        train_idx, eval_idx = stratified_split(full.labels, [str(i) for i in range(len(full))], 0.2, seed)
+        train_idx, eval_idx = held_out_split(full.labels, [str(i) for i in range(len(full))], splits, seed)
         train, held = full.subset(train_idx), full.subset(eval_idx)
     adapter = {
         "name": "pointcloud",

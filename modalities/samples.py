@@ -102,6 +102,15 @@ def stratified_split(labels: list[str], groups: list[str], eval_fraction: float,
     return train, held
 
 
+def held_out_split(labels: list[str], groups: list[str], splits: list[str | None], seed: int):
+    """(train, eval) indices: the data's own ``test`` (else ``val``) split when it has one, else a
+    stratified 20 % split that keeps each group on one side (``stratified_split``)."""
+    held = next((s for s in ("test", "val") if s in splits), None)
+    if held is None:
+        return stratified_split(labels, groups, 0.2, seed)
+    return [i for i, s in enumerate(splits) if s != held], [i for i, s in enumerate(splits) if s == held]
+
+
 def check_held_out_classes(held_labels, classes, eval_data, data) -> None:
     """Every class of a separate held-out folder must occur in the training data."""
     unknown = sorted(set(held_labels) - set(classes))

@@ -623,7 +623,7 @@ def build_domain(
 
     from foundations.masking import MaskConfig
     from foundations.recipe import DomainData
-    from modalities.samples import check_held_out_classes, stratified_split
+    from modalities.samples import check_held_out_classes, held_out_split
 
     segment = task == "segment"
     if task not in ("classify", "segment"):
@@ -647,8 +647,6 @@ def build_domain(
     def read(recs):
         return prepare(recs, pipe, segment, len(classes), four_d, skip_bad, progress)
 
-    splits = [r.get("split") for r in records]
-    held_split = next((s for s in ("test", "val") if s in splits), None)
     if eval_data is not None:
         more, more_classes = find_records(eval_data, segment)
         if not segment:
@@ -656,12 +654,9 @@ def build_domain(
             more = [{**r, "label": classes.index(more_classes[r["label"]])} if r["label"] >= 0 else r for r in more]
         (train, skipped), (held, skipped_held) = read(records), read(more)
     else:
-        if held_split is not None:
-            train_idx = [i for i, s in enumerate(splits) if s != held_split]
-            held_idx = [i for i, s in enumerate(splits) if s == held_split]
-        else:
-            labels = ["all" if segment else str(r["label"]) for r in records]
-            train_idx, held_idx = stratified_split(labels, [str(r["name"]) for r in records], 0.2, seed)
+        labels = ["all" if segment else str(r["label"]) for r in records]
+        splits = [r.get("split") for r in records]
+        train_idx, held_idx = held_out_split(labels, [str(r["name"]) for r in records], splits, seed)
         (train, skipped), (held, skipped_held) = (
             read([records[i] for i in train_idx]),
             read([records[i] for i in held_idx]),

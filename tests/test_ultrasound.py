@@ -4,7 +4,15 @@ import pytest
 import torch
 from PIL import Image
 
-from modalities.samples import DataError, Sample, check_held_out_classes, discover, require_classes, stratified_split
+from modalities.samples import (
+    DataError,
+    Sample,
+    check_held_out_classes,
+    discover,
+    held_out_split,
+    require_classes,
+    stratified_split,
+)
 from modalities.ultrasound import (
     CLIP_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -158,6 +166,15 @@ def test_stratified_split__groups_stay_together_and_classes_on_both_sides():
     assert sorted(train + held) == list(range(30))
     assert not {groups[i] for i in train} & {groups[i] for i in held}
     assert {labels[i] for i in held} == {"a", "b"} == {labels[i] for i in train}
+
+
+def test_held_out_split__the_datas_own_test_split_first_then_val_then_stratified():
+    labels, groups = ["a", "b"] * 5, [str(i) for i in range(10)]
+    splits = ["train", "val", "test", "train", "val", "train", "test", "train", "train", "train"]
+    assert held_out_split(labels, groups, splits, seed=0) == ([0, 1, 3, 4, 5, 7, 8, 9], [2, 6])
+    no_test = [s if s != "test" else "train" for s in splits]
+    assert held_out_split(labels, groups, no_test, seed=0)[1] == [1, 4]
+    assert held_out_split(labels, groups, [None] * 10, seed=0) == stratified_split(labels, groups, 0.2, seed=0)
 
 
 def test_build_domain__pocus_split_by_clip(shared):
