@@ -40,19 +40,24 @@ def open3d_tokenize(clouds: np.ndarray, n_groups: int, k: int) -> list[np.ndarra
     return out
 
 
-def tokenization(rounds: int, batch: int = 32, k: int = 32) -> None:
+def tokenization(rounds: int, batch: int = 32, k: int = 32) -> dict[tuple[int, int], float]:
+    """Prints the table; returns our seconds per batch for each (points, G)."""
     print(f"tokenization, batch {batch}, k {k} (clouds/s, median of {rounds} interleaved rounds)")
     print(f"{'points':>7}{'G':>5}{'ours':>10}{'open3d':>10}{'ratio':>8}")
+    ours = {}
     for n in (1024, 8192):
         clouds = np.random.default_rng(0).normal(size=(batch, n, 3))
         tensor = torch.from_numpy(clouds).float()
         for g in (64, 128):
             runs = {"ours": partial(group_points, tensor, g, k), "open3d": partial(open3d_tokenize, clouds, g, k)}
-            rate = {name: batch / s for name, s in interleaved(runs, rounds).items()}
+            seconds = interleaved(runs, rounds)
+            ours[n, g] = seconds["ours"]
+            rate = {name: batch / s for name, s in seconds.items()}
             print(f"{n:>7}{g:>5}{rate['ours']:>10.1f}{rate['open3d']:>10.1f}{rate['ours'] / rate['open3d']:>8.2f}")
+    return ours
 
 
-def pretrain_step(rounds: int, batch: int = 32) -> None:
+def pretrain_step(rounds: int, batch: int = 32) -> float:
     adapter = build_adapter({"name": "pointcloud", "n_points": 1024, "groups": 64, "group_size": 32}, 384)
     mae = MaskedAutoencoder(
         adapter,
@@ -68,6 +73,7 @@ def pretrain_step(rounds: int, batch: int = 32) -> None:
     step()
     t = statistics.median(timed(step) for _ in range(rounds))
     print(f"pretraining step at Point-MAE's configuration, batch {batch}: {t:.2f} s, {batch / t:.1f} clouds/s")
+    return t
 
 
 def main():
@@ -75,8 +81,9 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, open3d {o3d.__version__}")
-    tokenization(args.rounds)
-    pretrain_step(args.rounds)
+    tokenize = tokenization(args.rounds)[1024, 64]
+    step = pretrain_step(args.rounds)
+    print(f"tokenizing the step's batch (1024 points, 64 groups) is {100 * tokenize / step:.1f}% of the step")
 
 
 if __name__ == "__main__":
