@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from foundations.checkpoint import CheckpointError, load_encoder, save_pretrained
 from foundations.vit import Encoder
@@ -75,3 +77,16 @@ def test_load__invalid_config_values(saved):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="invalid encoder or adapter config"):
         load_encoder(path)
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "encoders_v1"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()))
+def test_load__format1_encoders_embed_as_when_saved(name):
+    expected = load_file(FIXTURES / name / "expected.safetensors")
+    inputs = {k.removeprefix("input."): v for k, v in expected.items() if k.startswith("input.")}
+    x = inputs.pop("x") if "x" in inputs else inputs
+    out = load_encoder(FIXTURES / name)(x)
+    torch.testing.assert_close(out.features, expected["features"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.tokens, expected["tokens"], atol=1e-5, rtol=0)
