@@ -24,8 +24,8 @@ from timing import interleaved, timed, training_step
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
 from foundations.vit import EncoderConfig
-from modalities import build_adapter
-from modalities.pointcloud import group_points
+from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
+from modalities.pointcloud.tokenizer import group_points
 
 
 def open3d_tokenize(clouds: np.ndarray, n_groups: int, k: int) -> list[np.ndarray]:
@@ -58,7 +58,7 @@ def tokenization(rounds: int, batch: int = 32, k: int = 32) -> dict[tuple[int, i
 
 
 def pretrain_step(rounds: int, batch: int = 32) -> float:
-    adapter = build_adapter({"name": "pointcloud", "n_points": 1024, "groups": 64, "group_size": 32}, 384)
+    adapter = PointCloudAdapter(PointCloudConfig(n_points=1024, n_groups=64, group_size=32), 384)
     mae = MaskedAutoencoder(
         adapter,
         MAEConfig(

@@ -36,7 +36,7 @@ def ours(preset: str) -> torch.nn.Module:
             "patch": [PATCH, PATCH],
             "mean": [0.0] * 3,
             "std": [1.0] * 3,
-            "image_size": [IMAGE, IMAGE],
+            "size": [IMAGE, IMAGE],
         },
         PRESETS[preset].dim,
     )

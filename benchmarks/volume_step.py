@@ -26,7 +26,7 @@ from timing import interleaved, matmul_peak, training_step
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
 from foundations.vit import EncoderConfig
-from modalities import build_adapter
+from modalities.volume.adapter import VolumeAdapter, volume_config
 
 SIZE, PATCH, RATIO = 96, 16, 0.75
 ENCODER = EncoderConfig(dim=768, depth=12, heads=12, mlp_ratio=4.0)
@@ -34,7 +34,7 @@ DECODER = DecoderConfig(dim=384, depth=4, heads=12, mlp_ratio=4.0)
 
 
 def ours(enc: EncoderConfig, dec: DecoderConfig) -> torch.nn.Module:
-    adapter = build_adapter({"name": "volume", "channels": 1, "patch": [PATCH] * 3, "roi": [SIZE] * 3}, enc.dim)
+    adapter = VolumeAdapter(volume_config(1, [PATCH] * 3, [SIZE] * 3), enc.dim)
     return MaskedAutoencoder(adapter, MAEConfig(enc, dec, MaskConfig("random", RATIO), norm_target=False))
 
 

@@ -4,27 +4,32 @@ An adapter owns everything that knows about pixels, voxels, samples or points: i
 of raw inputs ``x`` into tokens with coordinates, gives the reconstruction targets, and maps a
 prediction back to the input space. The core only ever sees what these methods return.
 
-    embed(x)              -> Tokens(tokens (B, N, D), coords (B, N, k))
-    targets(x, valid)     -> Targets(values (B, N, P), weights (B, N, P) or None)
-    unpatchify(values, x) -> x-shaped tensor   (inverse of ``targets`` on full token sets)
-    loss(pred, target, w) -> scalar            (default: masked MSE; point clouds use Chamfer)
-    baselines(target, w)  -> {name: pred}      trivial predictions a trained model should beat
+    tokenize(x)           -> x'                   once-per-batch work that embed and targets share
+                                                  (point grouping); grids return x unchanged
+    embed(x')             -> Tokens(tokens (B, N, D), coords (B, N, k))
+    targets(x', valid)    -> Targets(values (B, N, P), weights (B, N, P) or None)
+    unpatchify(values, x')-> x-shaped tensor      (inverse of ``targets`` on full token sets)
+    loss(pred, target, w) -> scalar               (default: masked MSE; point clouds use Chamfer)
+    baselines(target, w)  -> {name: pred}         trivial predictions a trained model should beat
 
 ``valid`` is an optional element mask of the input's shape (1 = counts in the loss), e.g. the
 imaged sector of an ultrasound frame. Coordinates may be grid indices, physical positions or
 continuous centres; ``pos_embed`` says whether the core embeds them with fixed sin-cos or a
-learned MLP. Every adapter has a frozen dataclass ``config`` that round-trips through JSON.
+learned MLP. Every adapter has a frozen dataclass ``config`` that round-trips through JSON, and
+``defaults``: the masking and model choices its modality trains best with.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from foundations.losses import masked_mse
+from foundations.masking import MaskConfig
 
 
 class Tokens(NamedTuple):
@@ -37,17 +42,35 @@ class Targets(NamedTuple):
     weights: torch.Tensor | None  # (B, N, P) in [0, 1], or None = all ones
 
 
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a modality pretrains with unless the user says otherwise."""
+
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    norm_target: bool = True  # MAE's norm_pix_loss; off where per-patch targets are mostly noise
+    encoder: dict = field(default_factory=dict)  # EncoderConfig fields, e.g. a cls token and its pooling
+
+
 class Adapter(nn.Module):
     """Base class of modality adapters; subclasses set the class attributes and the methods."""
 
-    name: str  # key in modalities.ADAPTERS
+    name: ClassVar[str]  # key in modalities.ADAPTERS
     coord_dim: int  # k
     target_dim: int  # P
-    pos_embed: str = "sincos"  # "sincos" for grids, "mlp" for continuous coordinates
+    pos_embed: ClassVar[str] = "sincos"  # "sincos" for grids, "mlp" for continuous coordinates
+    defaults: ClassVar[ModelDefaults] = ModelDefaults()
 
     def __init__(self, config, dim: int):
         super().__init__()
         self.config, self.dim = config, dim
+
+    @classmethod
+    def upgrade(cls, fields: dict, version: int) -> dict:
+        """Config fields saved by checkpoint format ``version`` -> this version's fields."""
+        return fields
+
+    def tokenize(self, x):
+        return x
 
     def embed(self, x) -> Tokens:
         raise NotImplementedError
@@ -68,3 +91,16 @@ class Adapter(nn.Module):
 
     def config_dict(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self.config)}
+
+
+def build_adapter(registry: dict, config: dict, dim: int, version: int | None = None) -> Adapter:
+    """{"name": ..., **config fields} -> adapter instance, from ``registry`` {name: (adapter class,
+    config class)}; ``version``: the checkpoint format the fields were saved in, upgraded here."""
+    fields = dict(config)
+    name = fields.pop("name", None)
+    if name not in registry:
+        raise ValueError(f"unknown adapter {name!r}; known: {sorted(registry)}")
+    adapter_cls, config_cls = registry[name]
+    if version is not None:
+        fields = adapter_cls.upgrade(fields, version)
+    return adapter_cls(config_cls(**fields), dim)

@@ -3,6 +3,10 @@
 ``config.json`` carries everything needed to rebuild the encoder and feed it correctly: the
 encoder config, the adapter's config (with its normalisation statistics), the data card of the
 data it was trained on, and free-form metadata (class names, training summary).
+
+The loader is handed the adapter registry (``modalities.ADAPTERS``) rather than importing it, so
+the core never imports a modality. Versions: 1 wrote per-modality adapter fields (``image_size``,
+``roi``); 2 writes the grid adapter's. Each adapter's ``upgrade`` converts older fields on load.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from foundations.adapter import build_adapter
 from foundations.vit import Encoder, EncoderConfig
 
 FORMAT = "mae-foundations/encoder"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -57,15 +62,14 @@ def read_config(directory) -> dict:
     return config
 
 
-def load_encoder(directory, device: str | torch.device = "cpu") -> Encoder:
-    """Rebuild a pretrained encoder from ``directory``; ``encoder.info`` holds its config.json."""
-    from modalities import build_adapter  # the registry of adapters lives with the adapters
-
+def load_encoder(directory, adapters: dict, device: str | torch.device = "cpu") -> Encoder:
+    """Rebuild a pretrained encoder from ``directory`` with the adapter registry ``adapters``
+    ({name: (adapter class, config class)}); ``encoder.info`` holds its config.json."""
     directory = Path(directory)
     config = read_config(directory)
     try:
         enc_cfg = EncoderConfig(**config["encoder"])
-        adapter = build_adapter(config["adapter"], enc_cfg.dim)
+        adapter = build_adapter(adapters, config["adapter"], enc_cfg.dim, version=config.get("version", 1))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / 'config.json'}: invalid encoder or adapter config ({e})") from None
     encoder = Encoder(adapter, enc_cfg)

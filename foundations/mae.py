@@ -122,6 +122,7 @@ class MaskedAutoencoder(nn.Module):
 
     def forward(self, x, valid=None, generator=None) -> MAEOutput:
         """x: a batch of raw inputs; valid: optional element mask of x's shape."""
+        x = self.adapter.tokenize(x)  # shared by embed and targets
         latent, coords, plan = self.forward_encoder(x, generator)
         pred, ids_pred = self.forward_decoder(latent, coords, plan)
         target, weights = self.adapter.targets(x, valid)
@@ -134,6 +135,7 @@ class MaskedAutoencoder(nn.Module):
         the masked input (hidden tokens zeroed) and the reconstruction with visible tokens pasted
         back. Predictions of per-token normalised targets are mapped back to raw units."""
         device = next(self.parameters()).device
+        x = self.adapter.tokenize(x)
         out = self(x, valid, generator=torch.Generator(device=device).manual_seed(seed))
         target, P = out.target, out.target.shape[-1]
         pred = out.pred.float()

@@ -84,7 +84,7 @@ def cosine_schedule(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms, tokens and other 1-D parameters (as in MAE)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -106,21 +106,20 @@ def fit(
     accelerator: Accelerator,
     out_dir,
     stage: str,
-    groups: list[dict] | None = None,
+    param_groups: list[dict] | None = None,
     resume: bool = False,
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps on ``loss_fn(model, batch) -> loss``.
 
     Checkpoints go to ``out_dir/checkpoints/<stage>/step_N``; the log to ``out_dir/log.jsonl``.
-    ``groups`` overrides the parameter groups (each may carry ``lr_scale``).
+    ``param_groups`` overrides the optimiser's parameter groups (each may carry ``lr_scale``).
     """
     out_dir, acc = Path(out_dir), accelerator
     ckpt_dir = out_dir / "checkpoints" / stage
     total_batch = cfg.batch_size * acc.num_processes * acc.gradient_accumulation_steps
     peak_lr = cfg.base_lr * total_batch / 256
-    groups = groups or param_groups(model, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=cfg.betas)
+    optimizer = torch.optim.AdamW(param_groups or decay_groups(model, cfg.weight_decay), lr=peak_lr, betas=cfg.betas)
     scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda s, k=k: k * cosine_schedule(s, cfg) for k in scales]

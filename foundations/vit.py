@@ -164,13 +164,13 @@ class Encoder(nn.Module):
     def hidden_states(self, x, layers) -> list[torch.Tensor]:
         """Patch tokens (B, N, D) after each block in ``layers`` (1-based, e.g. UNETR's 3, 6, 9, 12);
         the last block's come after the final norm."""
-        tokens, coords = self.adapter.embed(x)
+        tokens, coords = self.adapter.embed(self.adapter.tokenize(x))
         hidden = dict.fromkeys(layers)
         last = self.forward_tokens(tokens, coords, hidden=hidden)
         return [(last if i == len(self.blocks) else hidden[i])[:, self.n_prefix :] for i in layers]
 
     def forward(self, x) -> EncoderOutput:
-        tokens, coords = self.adapter.embed(x)
+        tokens, coords = self.adapter.embed(self.adapter.tokenize(x))
         out = self.forward_tokens(tokens, coords)
         patch = out[:, self.n_prefix :]  # (B, N, D)
         pooled = {

@@ -1,35 +1,35 @@
-"""Modality adapters: one file each, behind the contract in ``foundations.adapter``.
+"""Modality adapters, one package each, behind the contract in ``foundations.adapter``.
 
-``ADAPTERS`` maps an adapter's name to (adapter class, config class). Adding a modality adds one
-line here.
+``ADAPTERS`` maps an adapter's name to (adapter class, config class); adding a modality adds one
+line here. Importing this module imports only the adapters (the core and torch): readers and
+datasets live in each package's ``io`` and ``data`` modules and load when a recipe uses them.
 """
 
 from __future__ import annotations
 
-from modalities.image2d import Image2DAdapter, Image2DConfig
-from modalities.pointcloud import PointCloudAdapter, PointCloudConfig
-from modalities.volume import VolumeAdapter, VolumeConfig
+import torch
 
-
-class UltrasoundAdapter(Image2DAdapter):
-    """B-mode ultrasound: grey 2-D frames; readers and sector handling live in ultrasound.py."""
-
-    name = "ultrasound"
-
+from foundations import adapter, checkpoint
+from foundations.grid import GridConfig
+from modalities.image.adapter import ImageAdapter
+from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
+from modalities.ultrasound.adapter import UltrasoundAdapter
+from modalities.volume.adapter import VolumeAdapter
 
 ADAPTERS = {
-    "image2d": (Image2DAdapter, Image2DConfig),
-    "ultrasound": (UltrasoundAdapter, Image2DConfig),
+    "image2d": (ImageAdapter, GridConfig),
+    "ultrasound": (UltrasoundAdapter, GridConfig),
     "pointcloud": (PointCloudAdapter, PointCloudConfig),
-    "volume": (VolumeAdapter, VolumeConfig),
+    "volume": (VolumeAdapter, GridConfig),
 }
 
 
-def build_adapter(config: dict, dim: int):
-    """{"name": ..., **config fields} -> adapter instance."""
-    fields = dict(config)
-    name = fields.pop("name")
-    if name not in ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r}; known: {sorted(ADAPTERS)}")
-    adapter_cls, config_cls = ADAPTERS[name]
-    return adapter_cls(config_cls(**fields), dim)
+def build_adapter(config: dict, dim: int, version: int | None = None):
+    """{"name": ..., **config fields} -> adapter instance of this registry."""
+    return adapter.build_adapter(ADAPTERS, config, dim, version)
+
+
+def load_encoder(directory, device: str | torch.device = "cpu"):
+    """A pretrained encoder of any modality, in one call (``foundations.checkpoint.load_encoder``
+    with this registry)."""
+    return checkpoint.load_encoder(directory, ADAPTERS, device)

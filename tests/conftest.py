@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from foundations.grid import GridAdapter, GridConfig
 from foundations.mae import DecoderConfig, MAEConfig
 from foundations.masking import MaskConfig
 from foundations.vit import EncoderConfig
@@ -15,6 +16,16 @@ SHARED = Path(os.environ.get("MAE_SHARED_DATA", ROOT.parent / "shared" / "data")
 
 TINY_ENCODER = EncoderConfig(dim=32, depth=2, heads=2)
 TINY_MAE = MAEConfig(TINY_ENCODER, DecoderConfig(dim=32, depth=1, heads=2), MaskConfig(ratio=0.75))
+
+
+class ImageGrid(GridAdapter):
+    """A 2-D grid adapter for the core's own tests (which never import a modality)."""
+
+    name = "grid"
+
+
+def image_adapter(dim: int = 32, channels: int = 1, patch=(8, 8), mean=(0.0,), std=(1.0,)) -> ImageGrid:
+    return ImageGrid(GridConfig(channels, patch, tuple(4 * p for p in patch), mean, std), dim)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The adapter contract, run over every entry of ``modalities.ADAPTERS``.
+"""The adapter contract, run over every entry of ``modalities.ADAPTERS`` and every configuration
+of the grid adapter the coming modalities need (video tubes, spectrograms, radiance grids).
 
 A new adapter adds one example here; the test for a missing example fails, so no adapter goes
 untested.
@@ -9,10 +10,20 @@ import dataclasses
 import pytest
 import torch
 
+from foundations.adapter import build_adapter as build_from
+from foundations.grid import GridAdapter, GridConfig
 from foundations.mae import MaskedAutoencoder
 from modalities import ADAPTERS, build_adapter
 from tests.conftest import TINY_MAE
 from tests.test_pointcloud import brute_fps
+
+
+class AnyGrid(GridAdapter):
+    name = "grid"
+
+
+# the registry, and grid configurations of modalities to come
+REGISTRY = {**ADAPTERS, "grid": (AnyGrid, GridConfig)}
 
 
 def normalized(adapter, x):
@@ -30,7 +41,7 @@ def batch_size(x) -> int:
 def grouped_points(adapter, x):
     """What unpatchify(targets(x)) must give for point clouds, by brute force: for each FPS centre
     its k nearest points by a full sort, in the cloud's frame."""
-    k, G = adapter.config.group_size, adapter.config.groups
+    k, G = adapter.config.group_size, adapter.config.n_groups
     out = []
     for cloud in x:
         centres = cloud[brute_fps(cloud.numpy(), G)]
@@ -56,30 +67,61 @@ EXAMPLES = {
         True,
     ),
     "pointcloud": lambda: (
-        {"name": "pointcloud", "n_points": 96, "groups": 8, "group_size": 12},
+        {"name": "pointcloud", "n_points": 96, "n_groups": 8, "group_size": 12},
         torch.rand(2, 96, 3),
         None,
         grouped_points,
         False,
     ),
     "volume": lambda: (
-        {"name": "volume", "channels": 2, "patch": [4, 4, 2], "roi": [8, 8, 4]},
+        {"name": "volume", "channels": 2, "patch": [4, 4, 2], "size": [8, 8, 4], "coords": "spacing", "slices": True},
         {"image": torch.rand(2, 2, 8, 12, 4), "spacing": torch.tensor([[1.0, 1.0, 2.0], [0.5, 0.5, 3.0]])},
         None,
         image_of,
+        True,
+    ),
+    "volume:slices": lambda: (
+        {"name": "volume", "channels": 1, "patch": [4, 4, 2], "size": [8, 8, 4], "coords": "spacing", "slices": True},
+        {"image": torch.rand(2, 1, 8, 12), "spacing": torch.tensor([[1.0, 1.0, 2.0], [0.5, 0.5, 3.0]])},
+        None,
+        image_of,
+        False,  # the patch depth is averaged away: equal up to rounding
+    ),
+    # VideoMAE tubelets: (t, h, w) with 2 x 16 x 16 tubes, here 2 x 4 x 4 on RGB clips
+    "grid:video": lambda: (
+        {"name": "grid", "channels": 3, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.45] * 3, "std": [0.225] * 3},
+        torch.rand(2, 3, 4, 8, 12),
+        None,
+        normalized,
+        True,
+    ),
+    # AudioMAE fbank: (time, frequency), one channel, any number of frames
+    "grid:spectrogram": lambda: (
+        {"name": "grid", "channels": 1, "patch": [4, 4], "size": [16, 8], "mean": [-4.3], "std": [4.6]},
+        torch.randn(2, 1, 28, 8),
+        None,
+        normalized,
+        True,
+    ),
+    # NeRF-MAE: RGB + density on an (x, y, z) grid
+    "grid:nerf": lambda: (
+        {"name": "grid", "channels": 4, "patch": [2, 2, 2], "size": [4, 4, 4]},
+        torch.rand(2, 4, 4, 4, 6),
+        None,
+        normalized,
         True,
     ),
 }
 
 
 def test_every_adapter_has_an_example():
-    assert sorted(EXAMPLES) == sorted(ADAPTERS)
+    assert sorted(ADAPTERS) == sorted({name.split(":")[0] for name in EXAMPLES} - {"grid"})
 
 
-@pytest.fixture(params=sorted(ADAPTERS))
+@pytest.fixture(params=sorted(EXAMPLES))
 def example(request):
     config, x, valid, expected, exact = EXAMPLES[request.param]()
-    return build_adapter(config, TINY_MAE.encoder.dim), x, valid, expected, exact
+    return build_from(REGISTRY, config, TINY_MAE.encoder.dim), x, valid, expected, exact
 
 
 def test_contract__shapes(example):
@@ -98,7 +140,7 @@ def test_contract__targets_unpatchify_round_trip(example):
     back = adapter.unpatchify(adapter.targets(x, valid).values, x)
     if exact:  # patching only moves elements
         assert torch.equal(back, expected(adapter, x))
-    else:  # relative coordinates shifted back: equal up to float rounding
+    else:  # relative coordinates shifted back, or depth averaged: equal up to float rounding
         torch.testing.assert_close(back, expected(adapter, x), atol=1e-6, rtol=0)
 
 
@@ -127,7 +169,7 @@ def test_contract__finite_loss_baselines_and_gradients_reach_every_parameter(exa
 
 def test_contract__config_round_trips(example):
     adapter = example[0]
-    rebuilt = build_adapter(adapter.config_dict(), adapter.dim)
+    rebuilt = build_from(REGISTRY, adapter.config_dict(), adapter.dim)
     assert rebuilt.config == adapter.config and type(rebuilt) is type(adapter)
 
 
@@ -135,7 +177,7 @@ def test_image2d__normalisation_and_bad_inputs():
     adapter = build_adapter(EXAMPLES["image2d"]()[0], 32)
     ones = torch.ones(1, 3, 8, 8)
     torch.testing.assert_close(adapter.denormalize(adapter.normalize(ones)), ones)
-    with pytest.raises(ValueError, match="expected images"):
+    with pytest.raises(ValueError, match="expected 2-D grids"):
         adapter.embed(torch.rand(2, 1, 16, 24))  # wrong channel count
     with pytest.raises(ValueError, match="not a multiple"):
         adapter.embed(torch.rand(2, 3, 15, 24))

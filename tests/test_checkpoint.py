@@ -5,12 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foundations.checkpoint import CheckpointError, load_encoder, save_pretrained
+from foundations.checkpoint import VERSION, CheckpointError, save_pretrained
 from foundations.vit import Encoder
-from modalities import build_adapter
+from modalities import build_adapter, load_encoder
 from tests.conftest import TINY_ENCODER
 
-CONFIG = {"name": "ultrasound", "channels": 1, "patch": [8, 8], "mean": [0.3], "std": [0.2], "image_size": [32, 32]}
+CONFIG = {"name": "ultrasound", "channels": 1, "patch": [8, 8], "mean": [0.3], "std": [0.2], "size": [32, 32]}
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def test_save_load__same_outputs_and_metadata(saved):
     torch.testing.assert_close(loaded(x).features, enc(x).features)
     assert loaded.info["classes"] == ["a", "b"] and loaded.info["data_card"] == "data_cards/busi.md"
     assert loaded.adapter.config.mean == (0.3,)  # normalisation statistics travel with the weights
+    assert json.loads((path / "config.json").read_text())["version"] == VERSION == 2
 
 
 def test_load__missing_directory(tmp_path):
@@ -84,9 +85,25 @@ FIXTURES = Path(__file__).parent / "fixtures" / "encoders_v1"
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()))
 def test_load__format1_encoders_embed_as_when_saved(name):
+    """Encoders written before the grid adapter (checkpoint format 1) give the same features."""
     expected = load_file(FIXTURES / name / "expected.safetensors")
     inputs = {k.removeprefix("input."): v for k, v in expected.items() if k.startswith("input.")}
     x = inputs.pop("x") if "x" in inputs else inputs
     out = load_encoder(FIXTURES / name)(x)
     torch.testing.assert_close(out.features, expected["features"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.tokens, expected["tokens"], atol=1e-5, rtol=0)
+
+
+def test_load__format1_configs_are_upgraded_to_the_grid_adapter():
+    volume = load_encoder(FIXTURES / "volume").adapter.config
+    assert (volume.size, volume.coords, volume.slices) == ((16, 16, 16), "spacing", True)
+    assert load_encoder(FIXTURES / "ultrasound").adapter.config.size == (32, 32)
+    assert load_encoder(FIXTURES / "pointcloud").adapter.config.n_groups == 16
+
+
+def test_load__the_core_takes_the_registry_it_is_handed(saved):
+    from foundations import checkpoint
+
+    _, path = saved
+    with pytest.raises(CheckpointError, match="unknown adapter 'ultrasound'"):
+        checkpoint.load_encoder(path, adapters={})

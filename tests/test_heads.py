@@ -3,12 +3,11 @@ import torch
 
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
 from foundations.vit import Encoder
-from modalities import build_adapter
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER, image_adapter
 
 
 def classifier(n_classes=3, smoothing=0.0):
-    adapter = build_adapter({"name": "image2d", "channels": 1, "patch": [8, 8]}, 32)
+    adapter = image_adapter(32)
     return Classifier(Encoder(adapter, TINY_ENCODER), ClassifierHead(32, n_classes), smoothing)
 
 

@@ -5,12 +5,11 @@ import torch
 
 from foundations.mae import DecoderConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
-from modalities import build_adapter
-from tests.conftest import TINY_MAE
+from tests.conftest import TINY_MAE, image_adapter
 
 
 def make(norm_target=True, mask=None, cls=False):
-    ad = build_adapter({"name": "image2d", "channels": 1, "patch": [8, 8], "mean": [0.5], "std": [0.25]}, 32)
+    ad = image_adapter(32, mean=(0.5,), std=(0.25,))
     cfg = dataclasses.replace(
         TINY_MAE,
         norm_target=norm_target,

@@ -3,23 +3,11 @@ import open3d as o3d
 import pytest
 import torch
 
-from modalities.pointcloud import (
-    SHAPE_CLASSES,
-    CloudDataset,
-    PointCloudAdapter,
-    PointCloudAugment,
-    PointCloudConfig,
-    chamfer_distance,
-    check_cloud,
-    farthest_point_sample,
-    group_points,
-    knn,
-    load_clouds,
-    make_shape,
-    normalize_cloud,
-    read_cloud,
-)
-from modalities.samples import DataError
+from modalities.common import DataError
+from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig, chamfer_distance
+from modalities.pointcloud.data import SHAPE_CLASSES, CloudDataset, PointCloudAugment, load_clouds, make_shape
+from modalities.pointcloud.io import check_cloud, normalize_cloud, read_cloud
+from modalities.pointcloud.tokenizer import PointPatches, farthest_point_sample, group_points, knn
 
 
 def brute_fps(xyz: np.ndarray, n: int) -> list[int]:
@@ -47,13 +35,14 @@ def test_read_cloud__open3d_formats(tmp_path, suffix):
     np.testing.assert_allclose(read_cloud(tmp_path / f"c{suffix}"), pts, atol=1e-4)
 
 
-def test_read_cloud__extra_channels_follow_xyz(tmp_path):
+def test_read_cloud__xyz_only_whatever_else_the_file_holds(tmp_path):
     pts = np.random.default_rng(0).normal(size=(50, 3))
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     pcd.normals = o3d.utility.Vector3dVector(np.tile([0.0, 0.0, 1.0], (50, 1)))
     o3d.io.write_point_cloud(str(tmp_path / "n.ply"), pcd)
-    out = read_cloud(tmp_path / "n.ply", extra=True)
-    assert out.shape == (50, 6) and np.allclose(out[:, 5], 1.0)
+    np.save(tmp_path / "rgb.npy", np.concatenate([pts, np.ones((50, 3))], axis=1))
+    for name in ("n.ply", "rgb.npy"):
+        np.testing.assert_allclose(read_cloud(tmp_path / name), pts, atol=1e-5)
 
 
 @pytest.mark.parametrize("suffix", [".off", ".obj", ".stl"])
@@ -70,14 +59,14 @@ def test_read_cloud__meshes_sampled_on_the_surface(tmp_path, suffix, sampling):
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".txt"])
 def test_read_cloud__arrays(tmp_path, suffix):
-    pts = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)  # xyz + one extra channel
+    pts = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)  # xyz + one channel, dropped
     path = tmp_path / f"a{suffix}"
     {
         ".npy": lambda: np.save(path, pts),
         ".npz": lambda: np.savez(path, points=pts),
         ".txt": lambda: np.savetxt(path, pts),
     }[suffix]()
-    np.testing.assert_allclose(read_cloud(path), pts, atol=1e-6)
+    np.testing.assert_allclose(read_cloud(path), pts[:, :3], atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -160,30 +149,32 @@ def test_chamfer__against_brute_force(kind):
 
 
 def test_group_points__centres_and_neighbourhoods():
-    pts = torch.rand(2, 256, 4)  # xyz + one extra channel
+    pts = torch.rand(2, 256, 3)
     g = group_points(pts, 16, 8)
-    assert g.centres.shape == (2, 16, 3) and g.neighbourhoods.shape == (2, 16, 8, 4)
-    absolute = g.neighbourhoods[..., :3] + g.centres[:, :, None]
-    expect = pts.gather(1, g.index.view(2, -1, 1).expand(-1, -1, 4)).view(2, 16, 8, 4)
-    torch.testing.assert_close(absolute, expect[..., :3])
-    torch.testing.assert_close(g.neighbourhoods[..., 3], expect[..., 3])  # extras are not shifted
-    assert (g.neighbourhoods[:, :, 0, :3].abs() < 1e-6).all()  # the centre is its own nearest point
+    assert g.centres.shape == (2, 16, 3) and g.neighbourhoods.shape == (2, 16, 8, 3)
+    absolute = g.neighbourhoods + g.centres[:, :, None]
+    expect = pts.gather(1, g.index.view(2, -1, 1).expand(-1, -1, 3)).view(2, 16, 8, 3)
+    torch.testing.assert_close(absolute, expect)
+    assert (g.neighbourhoods[:, :, 0].abs() < 1e-6).all()  # the centre is its own nearest point
 
 
-def test_adapter__embed_and_targets_share_one_tokenization():
-    adapter = PointCloudAdapter(PointCloudConfig(n_points=128, groups=8, group_size=16), 32)
+def test_adapter__embed_and_targets_read_one_explicit_tokenization():
+    adapter = PointCloudAdapter(PointCloudConfig(n_points=128, n_groups=8, group_size=16), 32)
     x = torch.rand(2, 128, 3)
-    tokens, coords = adapter.embed(x)
-    first = adapter.groups(x)
-    values, weights = adapter.targets(x)
-    assert adapter.groups(x) is first and tokens.shape == (2, 8, 32) and values.shape == (2, 8, 48)
-    assert weights is None and coords.shape == (2, 8, 3)
-    x.add_(0.1)  # an in-place change is a new tokenization
-    assert adapter.groups(x) is not first
+    patches = adapter.tokenize(x)
+    assert isinstance(patches, PointPatches) and adapter.tokenize(patches) is patches  # idempotent
+    tokens, coords = adapter.embed(patches)
+    values, weights = adapter.targets(patches)
+    assert tokens.shape == (2, 8, 32) and values.shape == (2, 8, 48) and weights is None
+    torch.testing.assert_close(coords, patches.centres)
+    torch.testing.assert_close(values, patches.neighbourhoods.flatten(2))
+    torch.testing.assert_close(adapter.embed(x).tokens, tokens)  # raw clouds are tokenized the same way
+    with pytest.raises(ValueError, match=r"expected points \(B, N, 3\)"):
+        adapter.tokenize(torch.rand(2, 128, 6))
 
 
 def test_adapter__baseline_is_the_group_centre():
-    adapter = PointCloudAdapter(PointCloudConfig(n_points=64, groups=4, group_size=8), 32)
+    adapter = PointCloudAdapter(PointCloudConfig(n_points=64, n_groups=4, group_size=8), 32)
     target = adapter.targets(torch.rand(1, 64, 3)).values
     base = adapter.baselines(target)["group_centre"]
     k = 8
@@ -195,8 +186,7 @@ def test_adapter__baseline_is_the_group_centre():
 @pytest.mark.parametrize(
     "fields,match",
     [
-        ({"channels": 2}, "channels"),
-        ({"groups": 0}, "groups"),
+        ({"n_groups": 0}, "n_groups"),
         ({"group_size": 5000}, "group_size"),
         ({"chamfer": "emd"}, "chamfer"),
     ],
@@ -232,7 +222,9 @@ def test_shapes__every_class_is_a_unit_sphere_cloud():
 
 
 def test_load_clouds__modelnet10_layout(shared):
-    clouds, labels, splits, skipped = load_clouds(shared / "pointcloud" / "modelnet10_pcd_subset", 1024, progress=False)
+    clouds, labels, splits, skipped = load_clouds(
+        shared / "pointcloud" / "modelnet10_pcd_subset", 1024, "uniform", False, False
+    )
     assert len(clouds) == 1000 and len(set(labels)) == 10 and set(splits) == {"train"} and not skipped
     radii = torch.stack([c.norm(dim=1).max() for c in clouds[::97]])
     torch.testing.assert_close(radii, torch.ones_like(radii))
@@ -240,7 +232,7 @@ def test_load_clouds__modelnet10_layout(shared):
 
 def test_load_clouds__adrenal_npz_splits(shared):
     clouds, labels, splits, _ = load_clouds(
-        shared / "pointcloud" / "adrenalmnist3d_surface_points", 1024, progress=False
+        shared / "pointcloud" / "adrenalmnist3d_surface_points", 1024, "uniform", False, False
     )
     assert (splits.count("train"), splits.count("val")) == (1188, 98) and set(labels) == {"0", "1"}
 
@@ -252,6 +244,6 @@ def test_load_clouds__class_split_folders_and_skip_bad(tmp_path):
             np.save(tmp_path / cls / split / "x.npy", np.random.default_rng(0).normal(size=(30, 3)))
     np.save(tmp_path / "a" / "train" / "bad.npy", np.zeros((0, 3)))
     with pytest.raises(DataError, match="bad.npy: empty point cloud"):
-        load_clouds(tmp_path, 64, progress=False)
-    clouds, labels, splits, skipped = load_clouds(tmp_path, 64, skip_bad=True, progress=False)
+        load_clouds(tmp_path, 64, "uniform", skip_bad=False, progress=False)
+    clouds, labels, splits, skipped = load_clouds(tmp_path, 64, "uniform", skip_bad=True, progress=False)
     assert sorted(splits) == ["test", "test", "train", "train"] and len(skipped) == 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from foundations import load_encoder
+from modalities import load_encoder
 from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e

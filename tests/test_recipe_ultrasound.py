@@ -1,7 +1,6 @@
 """Real runs of the ultrasound recipe: launched through ``accelerate launch`` (two processes
 included), on the phantom, BUSI and bad inputs, checking the files the runs leave behind."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,14 +12,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from foundations import load_encoder
+from foundations import save_pretrained
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
-from foundations.recipe import held_out_reconstruction
 from foundations.train import TrainConfig, fit, make_accelerator
-from foundations.vit import EncoderConfig
-from modalities import build_adapter
-from modalities.ultrasound import build_domain
+from foundations.vit import Encoder, EncoderConfig
+from modalities import build_adapter, load_encoder
+from modalities.common import DataSource
+from modalities.ultrasound.data import UltrasoundOptions, build_domain
+from tasks.pretrain import held_out_reconstruction
 from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +62,7 @@ def test_two_process_run_writes_every_output(tmp_path):
     assert metrics["pretrain/steps"] == 8 and metrics["data/skipped_files"] == 0
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["preset"] == "micro" and config["adapter"]["name"] == "ultrasound"
+    assert config["model"]["mask"]["ratio"] == 0.75 and config["model"]["norm_target"] is False  # the modality's
     assert sorted(p.name for p in (out / "reconstructions").glob("*.png")) == [
         "step_000002.png",
         "step_000004.png",
@@ -129,10 +130,7 @@ def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
         write_images(data)
         args += ["--stage", "probe", "--encoder", str(tmp_path / "enc")]
         if case == "wrong_encoder":
-            from foundations import save_pretrained
-            from foundations.vit import Encoder
-
-            rgb = build_adapter({"name": "ultrasound", "channels": 3, "mean": [0.5] * 3, "std": [0.2] * 3}, 32)
+            rgb = build_adapter({"name": "ultrasound", "channels": 3, "mean": [0.5], "std": [0.2]}, 32)
             save_pretrained(Encoder(rgb, EncoderConfig(32, 1, 2)), tmp_path / "enc")
     proc = launch(*args, check=False, direct=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -193,7 +191,8 @@ def test_short_pretraining_on_busi_beats_the_patch_mean(shared, tmp_path):
     """MAE on the real BUSI images: held-out masked-patch error below predicting each patch flat
     at its own mean (per-patch normalised targets, where that baseline is 1)."""
     torch.manual_seed(0)
-    data = build_domain(shared / "ultrasound" / "busi_256", image_size=64, patch=8, progress=False)
+    source = DataSource(str(shared / "ultrasound" / "busi_256"), progress=False)
+    data = build_domain(source, UltrasoundOptions(image_size=64, patch=8))
     mae = MaskedAutoencoder(
         build_adapter(data.adapter, 64),
         MAEConfig(EncoderConfig(64, 2, 2), DecoderConfig(64, 1, 2), MaskConfig(ratio=0.75)),
@@ -201,5 +200,5 @@ def test_short_pretraining_on_busi_beats_the_patch_mean(shared, tmp_path):
     cfg = TrainConfig(max_steps=250, batch_size=32, base_lr=1e-2, warmup_steps=10, checkpoint_every=1000)
     loader = DataLoader(data.pretrain, batch_size=32, shuffle=True, drop_last=True)
     fit(mae, loader, lambda m, b: m(b["x"], b["valid"]).loss, cfg, make_accelerator("no"), tmp_path, "busi")
-    held = held_out_reconstruction(mae, data.eval, argparse.Namespace(batch_size=64, seed=0), make_accelerator("no"))
+    held = held_out_reconstruction(mae, data.held_out, batch_size=64, seed=0, device="cpu")
     assert held["pretrain/eval_loss"] < 0.95 * held["pretrain/eval_loss_patch_mean"], held

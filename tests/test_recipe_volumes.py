@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from modalities.segmentation import load_segmenter, segment_files
-from modalities.volume import synthetic_records
+from modalities.volume.data import synthetic_records
+from modalities.volume.segmentation import load_segmenter, segment_files
 from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +88,7 @@ def test_unlabelled_mni152_pretrains_and_the_probe_says_it_needs_labels(shared, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/classes"] == [] and metrics["pretrain/steps"] == 3
     proc = launch(*common, "--stage", "probe", "--patch", "8", check=False, direct=True)
-    assert proc.returncode == 2 and "mni152_nilearn: the volumes have no labels" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "mni152_nilearn: the data has no labels" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_adrenalmnist3d_probe_beats_chance(shared, tmp_path):

@@ -4,13 +4,14 @@ limits it states."""
 import pytest
 import torch
 
+from foundations.checkpoint import CheckpointError, save_pretrained
 from foundations.vit import Encoder, EncoderConfig
-from modalities.segmentation import Segmenter
-from modalities.volume import VolumeAdapter, VolumeConfig
+from modalities.volume.adapter import VolumeAdapter, volume_config
+from modalities.volume.segmentation import Segmenter, load_segmenter, save_segmenter
 
 
 def segmenter(patch, depth=4, freeze=False, classes=3):
-    adapter = VolumeAdapter(VolumeConfig(2, patch, tuple(2 * p for p in patch)), 32)
+    adapter = VolumeAdapter(volume_config(2, patch, tuple(2 * p for p in patch)), 32)
     return Segmenter(Encoder(adapter, EncoderConfig(dim=32, depth=depth, heads=2)), classes, features=8, freeze=freeze)
 
 
@@ -45,9 +46,6 @@ def test_unetr__needs_an_isotropic_power_of_two_patch(patch):
 
 
 def test_save_and_load_segmenter__same_logits_and_clear_error_for_a_plain_encoder(tmp_path):
-    from foundations.checkpoint import CheckpointError, save_pretrained
-    from modalities.segmentation import load_segmenter, save_segmenter
-
     model = segmenter((8, 8, 8), depth=2).eval()
     x = {"image": torch.rand(1, 2, 16, 16, 16), "spacing": torch.ones(1, 3)}
     save_segmenter(model, tmp_path / "seg", ["background", "a", "b"], preprocessing={"roi": [16, 16, 16]})

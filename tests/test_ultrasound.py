@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modalities.samples import (
+from modalities.common import (
     DataError,
+    DataSource,
     Sample,
     check_held_out_classes,
     discover,
@@ -13,19 +14,13 @@ from modalities.samples import (
     require_classes,
     stratified_split,
 )
-from modalities.ultrasound import (
-    CLIP_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    UltrasoundAugment,
-    build_domain,
-    detect_sector,
-    load_frames,
-    read_clip,
-    read_image,
-)
-from modalities.ultrasound_phantom import phantom_image
+from modalities.ultrasound.data import UltrasoundOptions, build_domain, load_frames
+from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, read_clip, read_image
+from modalities.ultrasound.phantom import phantom_image
+from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector
 
 EXTS = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
+SMALL = UltrasoundOptions(image_size=32, patch=16)
 
 
 def write_clip(path, n_frames=10, size=(48, 64)):
@@ -78,15 +73,15 @@ def test_load_frames__skip_bad_files_counts_them(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     samples = [Sample(tmp_path / n, "a") for n in ("ok0.png", "broken.png", "ok1.png")]
     with pytest.raises(DataError, match="broken.png"):
-        load_frames(samples, 32, 16, progress=False)
-    dataset, skipped = load_frames(samples, 32, 16, skip_bad=True, progress=False)
+        load_frames(samples, SMALL, skip_bad=False, progress=False)
+    dataset, skipped = load_frames(samples, SMALL, skip_bad=True, progress=False)
     assert len(dataset) == 2 and [p for p, _ in skipped] == [str(tmp_path / "broken.png")]
 
 
 def test_load_frames__image_smaller_than_a_patch(tmp_path):
     Image.fromarray(np.zeros((8, 40), np.uint8)).save(tmp_path / "thin.png")
     with pytest.raises(DataError, match=r"thin.png: image is 8x40, smaller than one 16x16 patch"):
-        load_frames([Sample(tmp_path / "thin.png", "a")], 32, 16, progress=False)
+        load_frames([Sample(tmp_path / "thin.png", "a")], SMALL, skip_bad=False, progress=False)
 
 
 def test_load_frames__nan_pixels_named(tmp_path):
@@ -94,13 +89,14 @@ def test_load_frames__nan_pixels_named(tmp_path):
     values[4, 4] = np.nan
     Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
     with pytest.raises(DataError, match="float.tif: contains NaN or infinite pixels"):
-        load_frames([Sample(tmp_path / "float.tif", "a")], 32, 16, progress=False)
+        load_frames([Sample(tmp_path / "float.tif", "a")], SMALL, skip_bad=False, progress=False)
 
 
-def test_load_frames__clip_contributes_frames_with_one_group(tmp_path):
+def test_load_frames__clip_contributes_frames_from_one_source(tmp_path):
     write_clip(tmp_path / "c.mp4", n_frames=12)
-    dataset, _ = load_frames([Sample(tmp_path / "c.mp4", "a")], 32, 16, frames_per_clip=5, progress=False)
-    assert len(dataset) == 5 and len(set(dataset.groups)) == 1
+    opts = UltrasoundOptions(image_size=32, frames_per_clip=5)
+    dataset, _ = load_frames([Sample(tmp_path / "c.mp4", "a")], opts, skip_bad=False, progress=False)
+    assert len(dataset) == 5 and len(set(dataset.sources)) == 1
     item = dataset[0]
     assert item["x"].shape == (1, 32, 32) and item["valid"].shape == (1, 32, 32)
 
@@ -159,28 +155,29 @@ def test_discover__class_folders_and_bad_layouts(tmp_path):
         discover(tmp_path / "data", EXTS)
 
 
-def test_stratified_split__groups_stay_together_and_classes_on_both_sides():
+def test_stratified_split__sources_stay_together_and_classes_on_both_sides():
     labels = ["a"] * 20 + ["b"] * 10
-    groups = [f"clip{i // 5}" for i in range(30)]  # 6 clips of 5 frames
-    train, held = stratified_split(labels, groups, 0.3, seed=0)
+    sources = [f"clip{i // 5}" for i in range(30)]  # 6 clips of 5 frames
+    train, held = stratified_split(labels, sources, 0.3, seed=0)
     assert sorted(train + held) == list(range(30))
-    assert not {groups[i] for i in train} & {groups[i] for i in held}
+    assert not {sources[i] for i in train} & {sources[i] for i in held}
     assert {labels[i] for i in held} == {"a", "b"} == {labels[i] for i in train}
 
 
 def test_held_out_split__the_datas_own_test_split_first_then_val_then_stratified():
-    labels, groups = ["a", "b"] * 5, [str(i) for i in range(10)]
+    labels, sources = ["a", "b"] * 5, [str(i) for i in range(10)]
     splits = ["train", "val", "test", "train", "val", "train", "test", "train", "train", "train"]
-    assert held_out_split(labels, groups, splits, seed=0) == ([0, 1, 3, 4, 5, 7, 8, 9], [2, 6])
+    assert held_out_split(labels, sources, splits, seed=0) == ([0, 1, 3, 4, 5, 7, 8, 9], [2, 6])
     no_test = [s if s != "test" else "train" for s in splits]
-    assert held_out_split(labels, groups, no_test, seed=0)[1] == [1, 4]
-    assert held_out_split(labels, groups, [None] * 10, seed=0) == stratified_split(labels, groups, 0.2, seed=0)
+    assert held_out_split(labels, sources, no_test, seed=0)[1] == [1, 4]
+    assert held_out_split(labels, sources, [None] * 10, seed=0) == stratified_split(labels, sources, 0.2, seed=0)
 
 
 def test_build_domain__pocus_split_by_clip(shared):
-    data = build_domain(shared / "ultrasound" / "pocus_ccby_subset", image_size=64, frames_per_clip=2, progress=False)
-    train_groups, eval_groups = set(data.train_eval.groups), set(data.eval.groups)
-    assert train_groups and eval_groups and not train_groups & eval_groups
+    source = DataSource(str(shared / "ultrasound" / "pocus_ccby_subset"), progress=False)
+    data = build_domain(source, UltrasoundOptions(image_size=64, frames_per_clip=2))
+    train_sources, eval_sources = set(data.train_eval.sources), set(data.held_out.sources)
+    assert train_sources and eval_sources and not train_sources & eval_sources
     assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1
     assert data.info["train_frames"] + data.info["eval_frames"] == 44 * 2 + 8
 

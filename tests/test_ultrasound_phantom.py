@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.ultrasound_phantom import PHANTOM_CLASSES, phantom_dataset, phantom_image
+from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset, phantom_image
 
 
 def test_phantom__deterministic_by_seed():

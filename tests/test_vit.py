@@ -5,15 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from foundations.vit import PRESETS, Attention, Encoder, EncoderConfig
-from modalities import build_adapter
-from tests.conftest import TINY_ENCODER
-
-
-def adapter(dim=32, channels=1):
-    return build_adapter(
-        {"name": "image2d", "channels": channels, "patch": [8, 8], "mean": [0.0] * channels, "std": [1.0] * channels},
-        dim,
-    )
+from tests.conftest import TINY_ENCODER, image_adapter
 
 
 def test_attention__matches_explicit_softmax():
@@ -27,28 +19,28 @@ def test_attention__matches_explicit_softmax():
 
 
 def test_encoder__features_and_tokens_shapes_any_aspect():
-    enc = Encoder(adapter(), TINY_ENCODER)
+    enc = Encoder(image_adapter(), TINY_ENCODER)
     out = enc(torch.rand(3, 1, 16, 40))  # 2 x 5 patches
     assert out.tokens.shape == (3, 10, 32) and out.features.shape == (3, 32)
     torch.testing.assert_close(out.features, out.tokens.mean(1))
 
 
 def test_encoder__cls_token_gives_features():
-    enc = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True, pool="cls"))
+    enc = Encoder(image_adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True, pool="cls"))
     out = enc(torch.rand(2, 1, 16, 16))
     assert out.tokens.shape == (2, 4, 32)
     assert not torch.allclose(out.features, out.tokens.mean(1))
 
 
 def test_encoder__cls_plus_max_pooling():
-    enc = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True, pool="cls+max"))
+    enc = Encoder(image_adapter(), dataclasses.replace(TINY_ENCODER, cls_token=True, pool="cls+max"))
     out = enc(torch.rand(2, 1, 16, 16))
     assert enc.feature_dim == 64 and out.features.shape == (2, 64)
     torch.testing.assert_close(out.features[:, 32:], out.tokens.amax(1))
 
 
 def test_encoder__visible_only_equals_running_on_the_subset():
-    enc = Encoder(adapter(), TINY_ENCODER).eval()
+    enc = Encoder(image_adapter(), TINY_ENCODER).eval()
     tokens, coords = enc.adapter.embed(torch.rand(2, 1, 32, 32))
     ids = torch.tensor([[0, 5, 9], [15, 2, 3]])
     sub = enc.forward_tokens(tokens, coords, ids)
@@ -60,8 +52,8 @@ def test_encoder__visible_only_equals_running_on_the_subset():
 
 def test_encoder__gradient_checkpointing_same_values_and_grads():
     torch.manual_seed(0)
-    plain = Encoder(adapter(), TINY_ENCODER)
-    ckpt = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, grad_checkpointing=True))
+    plain = Encoder(image_adapter(), TINY_ENCODER)
+    ckpt = Encoder(image_adapter(), dataclasses.replace(TINY_ENCODER, grad_checkpointing=True))
     ckpt.load_state_dict(plain.state_dict())
     x = torch.rand(2, 1, 16, 16)
     a, b = plain(x).features, ckpt(x).features
@@ -72,7 +64,7 @@ def test_encoder__gradient_checkpointing_same_values_and_grads():
 
 
 def test_encoder__drop_path_is_stochastic_in_training_only():
-    enc = Encoder(adapter(), dataclasses.replace(TINY_ENCODER, drop_path=0.5))
+    enc = Encoder(image_adapter(), dataclasses.replace(TINY_ENCODER, drop_path=0.5))
     x = torch.rand(8, 1, 16, 16)
     assert not torch.allclose(enc(x).features, enc(x).features)
     enc.eval()

@@ -12,23 +12,11 @@ import pytest
 import torch
 
 from foundations.vit import Encoder
-from modalities.samples import DataError
-from modalities.volume import (
-    INTENSITY,
-    WINDOWS,
-    PipelineConfig,
-    VolumeAdapter,
-    VolumeConfig,
-    VolumeDataset,
-    find_pairs,
-    find_records,
-    pipeline,
-    prepare,
-    read_label,
-    read_volume,
-    segmentation_classes,
-    to_batch,
-)
+from modalities.common import DataError
+from modalities.volume.adapter import VolumeAdapter, volume_config
+from modalities.volume.data import VolumeDataset, find_pairs, find_records, preprocess, segmentation_classes
+from modalities.volume.io import read_label, read_volume
+from modalities.volume.transforms import INTENSITY, WINDOWS, PipelineConfig, pipeline, to_batch
 from tests.conftest import TINY_ENCODER
 
 SCT = "medical3d/sct_testing_data"
@@ -191,8 +179,8 @@ def test_bad__skip_bad_files_keeps_the_good_ones(tmp_path):
     records = [{"image": p, "label": 0, "name": str(p)} for p in (good, tmp_path / "bad.nii.gz")]
     cfg = PipelineConfig(roi=(8, 8, 8), intensity="unit")
     with pytest.raises(DataError, match="bad.nii.gz"):
-        prepare(records, cfg, False, 2, progress=False)
-    items, skipped = prepare(records, cfg, False, 2, skip_bad=True, progress=False)
+        preprocess(records, cfg, False, 2, None, skip_bad=False, progress=False)
+    items, skipped = preprocess(records, cfg, False, 2, None, skip_bad=True, progress=False)
     assert [it["name"] for it in items] == [str(good)] and skipped[0][0] == str(tmp_path / "bad.nii.gz")
 
 
@@ -200,7 +188,7 @@ def test_bad__skip_bad_files_keeps_the_good_ones(tmp_path):
 def prepared(data, cfg, zooms=(1.0, 1.0, 1.0), affine=None, label=None, tmp_path=None):
     path = write_nifti(tmp_path / "v.nii.gz", data, zooms, affine)
     rec = {"image": path, "label": -1 if label is None else label, "name": "v"}
-    return prepare([rec], cfg, label is not None, 2, progress=False)[0][0]
+    return preprocess([rec], cfg, label is not None, 2, None, skip_bad=False, progress=False)[0][0]
 
 
 @pytest.mark.parametrize("window", sorted(WINDOWS))
@@ -251,9 +239,9 @@ def test_pipeline__crop_foreground_then_pad_to_roi(tmp_path):
 
 
 def test_pipeline__random_crops_slices_and_centre(tmp_path):
-    cfg = PipelineConfig(roi=(16, 16, 8), intensity="unit", crop_foreground=False, samples=3)
+    cfg = PipelineConfig(roi=(16, 16, 8), intensity="unit", crop_foreground=False)
     item = prepared(np.random.rand(24, 20, 12).astype(np.float32), cfg, (1.0, 1.0, 2.0), tmp_path=tmp_path)
-    crops = VolumeDataset([item], pipeline(cfg, "pretrain"), repeat=cfg.samples)
+    crops = VolumeDataset([item], pipeline(cfg, "pretrain"), repeat=3)
     assert len(crops) == 3 and {tuple(crops[i]["x"]["image"].shape) for i in range(3)} == {(1, 16, 16, 8)}
     slices = VolumeDataset([item], pipeline(cfg, "slices"), slices=True)
     assert slices[0]["x"]["image"].shape == (1, 16, 16)
@@ -268,7 +256,7 @@ def test_pipeline__segmentation_crops_keep_label_aligned_and_find_the_foreground
     path = write_nifti(tmp_path / "v.nii.gz", data + 0.01)
     label = write_nifti(tmp_path / "v_seg.nii.gz", data.astype(np.uint8))
     cfg = PipelineConfig(roi=(16, 16, 16), intensity="unit", crop_foreground=False)
-    items, _ = prepare([{"image": path, "label": label, "name": "v"}], cfg, True, 2, progress=False)
+    items, _ = preprocess([{"image": path, "label": label, "name": "v"}], cfg, True, 2, None, False, progress=False)
     crops = VolumeDataset(items, pipeline(cfg, "segment", segment=True), repeat=40)
     with_foreground = 0
     for i in range(len(crops)):
@@ -280,7 +268,7 @@ def test_pipeline__segmentation_crops_keep_label_aligned_and_find_the_foreground
 
 def test_to_batch__new_files_prepared_as_the_encoder_was_trained(tmp_path):
     saved = json.loads(json.dumps(dataclasses.asdict(PipelineConfig((16, 16, 8), "wide", (1.0, 1.0, 2.0)))))
-    cfg = PipelineConfig(**saved)  # what a saved encoder's info["preprocessing"] rebuilds
+    cfg = PipelineConfig.saved({**saved, "samples": 2})  # an encoder's info["preprocessing"] (format 1 had samples)
     a = write_nifti(tmp_path / "a.nii.gz", np.full((20, 18, 6), 1000.0, np.float32), (1.0, 1.0, 3.0))
     b = write_nifti(tmp_path / "b.nii", np.full((12, 30, 9), -1000.0, np.float32), (2.0, 1.0, 2.0))
     batch = to_batch([a, b], cfg)
@@ -291,8 +279,8 @@ def test_to_batch__new_files_prepared_as_the_encoder_was_trained(tmp_path):
 
 # ------------------------------------------------------------------------------- adapter, encoder
 def test_coordinates__are_millimetres_shared_across_spacings():
-    iso = VolumeAdapter(VolumeConfig(1, (16, 16, 16), (32, 32, 32)), 32)
-    thick = VolumeAdapter(VolumeConfig(1, (16, 16, 4), (32, 32, 8)), 32)
+    iso = VolumeAdapter(volume_config(1, (16, 16, 16), (32, 32, 32)), 32)
+    thick = VolumeAdapter(volume_config(1, (16, 16, 4), (32, 32, 8)), 32)
     a = iso.embed({"image": torch.rand(1, 1, 32, 32, 32), "spacing": torch.tensor([[1.0, 1.0, 1.0]])}).coords
     b = thick.embed({"image": torch.rand(1, 1, 32, 32, 8), "spacing": torch.tensor([[1.0, 1.0, 4.0]])}).coords
     torch.testing.assert_close(a, b)  # 16 mm patches either way: the same frame
@@ -302,7 +290,7 @@ def test_coordinates__are_millimetres_shared_across_spacings():
 
 
 def test_shared_encoder__the_same_weights_embed_2d_and_3d():
-    adapter = VolumeAdapter(VolumeConfig(1, (8, 8, 4), (16, 16, 8)), TINY_ENCODER.dim)
+    adapter = VolumeAdapter(volume_config(1, (8, 8, 4), (16, 16, 8)), TINY_ENCODER.dim)
     encoder = Encoder(adapter, TINY_ENCODER)
     spacing = torch.tensor([[1.0, 1.0, 2.0], [0.8, 0.8, 3.0]])
     image = torch.rand(2, 1, 16, 16)
@@ -319,12 +307,12 @@ def test_shared_encoder__the_same_weights_embed_2d_and_3d():
 
 
 def test_adapter__2d_targets_round_trip_and_bad_shapes():
-    adapter = VolumeAdapter(VolumeConfig(1, (8, 8, 4), (16, 16, 8)), 32)
+    adapter = VolumeAdapter(volume_config(1, (8, 8, 4), (16, 16, 8)), 32)
     x = {"image": torch.rand(2, 1, 16, 24), "spacing": torch.ones(2, 3)}
     torch.testing.assert_close(adapter.unpatchify(adapter.targets(x).values, x), x["image"])
     with pytest.raises(ValueError, match="not a multiple of the patch"):
         adapter.embed({"image": torch.rand(1, 1, 16, 16, 6), "spacing": torch.ones(1, 3)})
-    with pytest.raises(ValueError, match="expected volumes"):
+    with pytest.raises(ValueError, match="expected 3-D grids"):
         adapter.embed({"image": torch.rand(1, 2, 16, 16, 8), "spacing": torch.ones(1, 3)})
 
 

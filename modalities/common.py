@@ -1,4 +1,6 @@
-"""Finding labelled files in the standard layouts, and splitting them without leakage.
+"""What every modality's data shares: the ``DomainData`` contract handed to the tasks, the data
+source options, labelled files in the standard layouts, leak-free splits, the skip-bad-file loop
+and data-card lookup.
 
 Two layouts are understood, in this order:
   DIR/labels.csv   a CSV with a path column (``path``, ``image_path``, ``file`` or ``filename``,
@@ -10,12 +12,17 @@ Two layouts are understood, in this order:
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 PATH_COLUMNS = ("path", "image_path", "file", "filename")
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -23,6 +30,63 @@ class DataError(ValueError):
 
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a domain's data comes from and how bad files are treated."""
+
+    data: str | None = field(default=None, metadata={"help": "dataset folder; default: the built-in set"})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "held-out folder; default: the data's own test/val split, else 20 %% of it"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of splits, built-in sets and training"})
+    skip_bad_files: bool = field(default=False, metadata={"help": "log, count and skip unreadable files"})
+    progress: bool = field(default=True, metadata={"help": "progress bars while reading (on a terminal)"})
+
+
+@dataclass
+class DomainData:
+    """What a domain hands to the tasks: data only. Batches are dicts with "x", "y" and optionally
+    "valid"; labelled datasets have ``class_ids``, the class index of every item."""
+
+    pretrain: Dataset  # training split, pretraining augmentation
+    finetune: Dataset  # training split, fine-tuning augmentation
+    train_eval: Dataset  # training split, evaluation view (probe features)
+    held_out: Dataset  # held-out split, evaluation view
+    classes: list[str]  # empty: unlabelled data, pretraining only
+    adapter: dict  # adapter config, {"name": ..., **fields}
+    data_card: str
+    render: Callable | None = None  # render(mae, x, valid) -> (H, W[, 3]) float image in [0, 1]
+    info: dict = field(default_factory=dict)  # figures about the data for metrics.json
+    batch_groups: list[int] | None = None  # of every pretraining item; a batch holds one (2-D/3-D mixes)
+    held_out_recon: Dataset | None = None  # held-out items for reconstruction figures; default held_out
+    held_out_augmented: Dataset | None = None  # held-out split with test-time augmentation (voting)
+    preprocessing: dict = field(default_factory=dict)  # saved with the encoder: how to prepare new inputs
+
+
+def read_each(items: Iterable, read: Callable, skip_bad: bool, name=str) -> tuple[list, list]:
+    """``read(item)`` for every item -> (results, skipped [(name, reason)]); a ``DataError`` stops
+    the run, or with ``skip_bad`` is logged, listed and skipped."""
+    results, skipped = [], []
+    for item in items:
+        try:
+            results.append(read(item))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping bad file: %s", e)
+            skipped.append((name(item), str(e)))
+    return results, skipped
+
+
+def data_card(root, known: dict[str, str]) -> str:
+    """The data card of a known set (by the name of the folder or one above it), else a note."""
+    root = Path(root)
+    for part in (root, *root.parents):
+        if part.name in known:
+            return known[part.name]
+    return f"user data at {root}"
 
 
 @dataclass(frozen=True)
@@ -84,30 +148,30 @@ def require_classes(labels, where) -> list[str]:
     return classes
 
 
-def stratified_split(labels: list[str], groups: list[str], eval_fraction: float, seed: int):
-    """Split indices into (train, eval) per class, keeping each group (e.g. all frames of one clip)
-    on one side, with at least one group of each class on each side when the class has two."""
+def stratified_split(labels: list[str], sources: list[str], eval_fraction: float, seed: int):
+    """Split indices into (train, eval) per class, keeping the items of each source (e.g. all frames
+    of one clip) on one side, with at least one source of each class on each side when it has two."""
     by_class: dict[str, set[str]] = defaultdict(set)
-    for label, group in zip(labels, groups, strict=True):
-        by_class[label].add(group)
+    for label, source in zip(labels, sources, strict=True):
+        by_class[label].add(source)
     rng = random.Random(seed)
-    eval_groups = set()
+    eval_sources = set()
     for label in sorted(by_class):
         members = sorted(by_class[label])
         rng.shuffle(members)
         n_eval = min(max(1, round(len(members) * eval_fraction)), len(members) - 1) if len(members) > 1 else 0
-        eval_groups.update(members[:n_eval])
-    train = [i for i, g in enumerate(groups) if g not in eval_groups]
-    held = [i for i, g in enumerate(groups) if g in eval_groups]
+        eval_sources.update(members[:n_eval])
+    train = [i for i, s in enumerate(sources) if s not in eval_sources]
+    held = [i for i, s in enumerate(sources) if s in eval_sources]
     return train, held
 
 
-def held_out_split(labels: list[str], groups: list[str], splits: list[str | None], seed: int):
+def held_out_split(labels: list[str], sources: list[str], splits: list[str | None], seed: int):
     """(train, eval) indices: the data's own ``test`` (else ``val``) split when it has one, else a
-    stratified 20 % split that keeps each group on one side (``stratified_split``)."""
+    stratified 20 % split that keeps each source on one side (``stratified_split``)."""
     held = next((s for s in ("test", "val") if s in splits), None)
     if held is None:
-        return stratified_split(labels, groups, 0.2, seed)
+        return stratified_split(labels, sources, 0.2, seed)
     return [i for i, s in enumerate(splits) if s != held], [i for i, s in enumerate(splits) if s == held]
 
 

@@ -1,6 +1,6 @@
-"""Pieces of the shared recipe module that every domain relies on."""
+"""What the stages of a run share."""
 
-from foundations.recipe import GroupedBatchSampler
+from tasks.session import GroupedBatchSampler
 
 
 def test_grouped_batches__one_group_per_batch_each_item_once_reshuffled_per_epoch():

@@ -17,15 +17,26 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.utils import one_hot
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from foundations.checkpoint import CheckpointError, load_state, save_pretrained
+from modalities import load_encoder
+from modalities.volume.io import read_volume, save_labels, strip_extension
+from modalities.volume.transforms import PipelineConfig, ToSample, pipeline
 
 
 class UNETRHead(nn.Module):
     def __init__(
         self, in_channels: int, dim: int, patch: int, n_classes: int, features: int = 16, norm: str = "instance"
     ):
-        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
-
         super().__init__()
         self.stages = s = int(math.log2(patch))
         self.stem = UnetrBasicBlock(3, in_channels, features, kernel_size=3, stride=1, norm_name=norm, res_block=True)
@@ -78,8 +89,6 @@ class Segmenter(nn.Module):
     """A volume encoder + UNETR head; ``freeze`` trains the head alone (a segmentation probe)."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, features: int = 16, freeze: bool = False):
-        from monai.losses import DiceCELoss
-
         super().__init__()
         patch = encoder.adapter.config.patch
         if len(set(patch)) != 1 or patch[0] < 2 or patch[0] & (patch[0] - 1):
@@ -105,10 +114,6 @@ class Segmenter(nn.Module):
 def save_segmenter(model: Segmenter, directory, classes: list[str], **info) -> Path:
     """The fine-tuned encoder as ``save_pretrained`` writes it (with ``info``) and its UNETR head
     in ``head.safetensors`` beside it; ``load_segmenter`` reads both."""
-    from safetensors.torch import save_file
-
-    from foundations.checkpoint import save_pretrained
-
     directory = Path(directory)
     save_pretrained(model.encoder, directory, segmentation={"classes": classes, "features": model.features}, **info)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
@@ -118,11 +123,6 @@ def save_segmenter(model: Segmenter, directory, classes: list[str], **info) -> P
 
 def load_segmenter(directory, device: str | torch.device = "cpu") -> Segmenter:
     """A segmenter written by ``save_segmenter`` (e.g. ``runs/volumes/segmenter/finetune``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from foundations.checkpoint import CheckpointError, load_encoder, load_state
-
     directory = Path(directory)
     encoder = load_encoder(directory)
     spec = encoder.info.get("segmentation")
@@ -140,8 +140,6 @@ def load_segmenter(directory, device: str | torch.device = "cpu") -> Segmenter:
 
 def infer(model: Segmenter, image, spacing, roi, overlap: float = 0.25) -> torch.Tensor:
     """Logits (B, classes, X, Y, Z) of whole volumes (B, C, X, Y, Z) by gaussian-weighted sliding windows."""
-    from monai.inferers import sliding_window_inference
-
     return sliding_window_inference(
         image,
         roi,
@@ -152,19 +150,11 @@ def infer(model: Segmenter, image, spacing, roi, overlap: float = 0.25) -> torch
     )
 
 
-def save_labels(path: Path, labels: torch.Tensor, affine) -> None:
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(labels.cpu().numpy().astype("uint8"), torch.as_tensor(affine).cpu().numpy()), path)
-
-
 @torch.no_grad()
 def segment_files(model: Segmenter, paths, out_dir, overlap: float = 0.25) -> list[Path]:
     """Segment NIfTI (or .npy) files prepared exactly as in training (the encoder's stored
     preprocessing); writes ``<name>_seg.nii.gz`` on the preprocessed grid with its affine."""
-    from modalities.volume import PipelineConfig, ToSample, pipeline, read_volume, strip_extension
-
-    cfg = PipelineConfig(**model.encoder.info["preprocessing"])
+    cfg = PipelineConfig.saved(model.encoder.info["preprocessing"])
     prepare = pipeline(cfg, "prepare")
     device = next(model.parameters()).device
     out_dir = Path(out_dir)
@@ -184,10 +174,6 @@ def save_prediction(save_dir: Path, item: dict, name: str, image, truth, pred) -
     """``<name>_pred.nii.gz`` (labels on the preprocessed grid, with its affine, so viewers place it
     in the scanner's space) and ``<name>.png``: image | truth | prediction on the axial slice with
     the most labelled voxels."""
-    from PIL import Image
-
-    from modalities.volume import strip_extension
-
     stem = strip_extension(Path(name).name.replace(":", "_"))
     save_dir.mkdir(parents=True, exist_ok=True)
     save_labels(save_dir / f"{stem}_pred.nii.gz", pred, item["image"].affine)
@@ -207,9 +193,6 @@ def evaluate(
     """Sliding-window Dice per foreground class over whole volumes, and the same for an empty
     prediction (the baseline a model must beat). With ``save_dir``, each volume's prediction is
     written there (``save_prediction``)."""
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
-
     model.eval()
     n = len(classes)
     dice, empty = (DiceMetric(include_background=False, reduction="mean_batch") for _ in range(2))
@@ -227,36 +210,3 @@ def evaluate(
     per_class, baseline = dice.aggregate().cpu(), empty.aggregate().cpu()
     out = {f"dice/{c}": float(v) for c, v in zip(classes[1:], per_class, strict=True)}
     return {**out, "dice_mean": float(per_class.nanmean()), "dice_empty_baseline": float(baseline.nanmean())}
-
-
-def segmentation_stage(freeze: bool):
-    """The recipe stage "probe" (frozen encoder, ``freeze``) or "finetune" for ``--task segment``."""
-
-    def stage(args, data, acc, out, encoder_dir) -> dict:
-        from foundations.checkpoint import load_encoder
-        from foundations.heads import layer_decay_groups
-        from foundations.recipe import finetune_config, loader, require_encoder
-        from foundations.train import fit
-
-        name = "probe" if freeze else "finetune"
-        require_encoder(encoder_dir, data.adapter)
-        model = Segmenter(load_encoder(encoder_dir), len(data.classes), freeze=freeze)
-        dl = loader(data.finetune, args, shuffle=True, processes=acc.num_processes)
-        cfg = finetune_config(args, args.probe_steps if freeze else args.finetune_steps, dl.batch_size)
-        groups = None if freeze else layer_decay_groups(model, cfg.weight_decay, args.layer_decay)
-        fit(model, dl, lambda m, b: m(b["x"], b["y"]).loss, cfg, acc, out, name, groups=groups, resume=args.resume)
-        model = acc.unwrap_model(model)
-        save_dir = out / "segmentations" / name if acc.is_main_process else None
-        metrics = evaluate(model, data.eval, tuple(args.roi), data.classes, acc.device, save_dir=save_dir)
-        if acc.is_main_process:
-            save_segmenter(
-                model,
-                out / "segmenter" / name,
-                data.classes,
-                data_card=data.data_card,
-                preprocessing=data.preprocessing,
-            )
-        acc.wait_for_everyone()
-        return {f"{name}/{k}": v for k, v in metrics.items()}
-
-    return stage

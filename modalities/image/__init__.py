@@ -1,0 +1,1 @@
+"""2-D images: the grid adapter with two spatial axes, and their pictures."""

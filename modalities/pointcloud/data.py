@@ -1,0 +1,278 @@
+"""Point-cloud datasets: Point-MAE / PointNet++ augmentation, in-memory clouds, the built-in open3d
+shapes, folders in the standard layouts, the domain the recipe trains on, and its picture.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from modalities.common import (
+    DataError,
+    DataSource,
+    DomainData,
+    check_held_out_classes,
+    data_card,
+    discover,
+    held_out_split,
+    read_each,
+    require_classes,
+)
+from modalities.pointcloud.adapter import PointCloudConfig
+from modalities.pointcloud.io import EXTENSIONS, check_cloud, load_npz_splits, normalize_cloud, read_cloud
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PointCloudOptions:
+    points: int = field(default=1024, metadata={"help": "points per cloud"})
+    n_groups: int = field(default=64, metadata={"aliases": ("--groups",), "help": "tokens: FPS centres per cloud"})
+    group_size: int = field(default=32, metadata={"help": "points per group (kNN)"})
+    sampling: str = field(
+        default="uniform", metadata={"help": "mesh surface sampling", "choices": ("uniform", "poisson")}
+    )
+    votes: int = field(default=1, metadata={"help": "test-time voting over augmented views"})
+    pointnet_width: int = field(default=128, metadata={"help": "group encoder width (256 = Point-MAE's)"})
+    shapes_per_class: int = field(default=40, metadata={"help": "built-in shapes per class"})
+
+    def __post_init__(self):
+        if self.votes < 1:
+            raise ValueError(f"PointCloudOptions.votes must be >= 1, got {self.votes}")
+        PointCloudConfig(self.points, self.n_groups, self.group_size, pointnet_width=self.pointnet_width)  # validates
+
+
+@dataclass(frozen=True)
+class PointCloudAugment:
+    """Point-MAE / PointNet++ augmentations on a unit-sphere cloud (N, C)."""
+
+    scale: tuple[float, float] = (2 / 3, 3 / 2)  # per axis
+    translate: float = 0.2
+    rotate_up: bool = True  # random rotation about the up axis
+    up_axis: int = 2
+    jitter: float = 0.01  # Gaussian sigma, clipped at 5 sigma
+    dropout: float = 0.5  # up to this fraction of points replaced by the first point
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        p = points.clone()
+        xyz = p[:, :3]
+        if self.rotate_up:
+            a = torch.rand(()) * 2 * torch.pi
+            c, s = torch.cos(a), torch.sin(a)
+            i, j = [ax for ax in range(3) if ax != self.up_axis]
+            xi, xj = xyz[:, i].clone(), xyz[:, j].clone()
+            xyz[:, i], xyz[:, j] = c * xi - s * xj, s * xi + c * xj
+        xyz.mul_(torch.empty(3).uniform_(*self.scale)).add_(torch.empty(3).uniform_(-self.translate, self.translate))
+        if self.jitter:
+            xyz.add_((torch.randn_like(xyz) * self.jitter).clamp(-5 * self.jitter, 5 * self.jitter))
+        if self.dropout:
+            drop = torch.rand(len(p)) < torch.rand(()) * self.dropout
+            p[drop] = p[0].clone()
+        return p
+
+
+class CloudDataset(Dataset):
+    """Unit-sphere clouds in memory; items {"x": (n_points, C), "y": class index}.
+
+    Each item draws ``n_points`` points (a fresh random subset when augmenting, a fixed one per
+    item otherwise; with replacement when a cloud has fewer points).
+    """
+
+    def __init__(self, clouds: list[torch.Tensor], labels: list[str], classes, n_points: int, augment=None):
+        self.clouds, self.labels, self.classes = clouds, labels, list(classes)
+        self.n_points, self.augment = n_points, augment
+
+    def __len__(self):
+        return len(self.clouds)
+
+    @property
+    def class_ids(self) -> list[int]:
+        return [self.classes.index(label) for label in self.labels]
+
+    def subset(self, indices, augment=None) -> CloudDataset:
+        return CloudDataset(
+            [self.clouds[i] for i in indices], [self.labels[i] for i in indices], self.classes, self.n_points, augment
+        )
+
+    def __getitem__(self, i):
+        cloud = self.clouds[i]
+        gen = None if self.augment else torch.Generator().manual_seed(i)
+        if len(cloud) >= self.n_points:
+            pick = torch.randperm(len(cloud), generator=gen)[: self.n_points]
+        else:
+            pick = torch.randint(len(cloud), (self.n_points,), generator=gen)
+        points = cloud[pick]
+        return {"x": self.augment(points) if self.augment else points, "y": self.classes.index(self.labels[i])}
+
+
+# -------------------------------------------------------------------------------------- data sets
+SHAPE_CLASSES = (
+    "arrow",
+    "box",
+    "cone",
+    "cylinder",
+    "icosahedron",
+    "mobius",
+    "octahedron",
+    "sphere",
+    "tetrahedron",
+    "torus",
+)
+
+
+def make_shape(name: str, rng: np.random.Generator, n_points: int) -> np.ndarray:
+    """One labelled shape from open3d's mesh primitives: random anisotropic scale, random rotation,
+    surface sampling, Gaussian noise; returned in the unit sphere."""
+    import open3d as o3d
+
+    g = o3d.geometry.TriangleMesh
+    mesh = {
+        "arrow": lambda: g.create_arrow(0.3, 0.5, 1.2, 0.8),
+        "box": lambda: g.create_box(1.0, 1.0, 1.0),
+        "cone": lambda: g.create_cone(0.6, 1.5),
+        "cylinder": lambda: g.create_cylinder(0.5, 1.5),
+        "icosahedron": lambda: g.create_icosahedron(1.0),
+        "mobius": lambda: g.create_mobius(
+            length_split=60, width_split=8, twists=1, radius=1.0, flatness=1.0, width=0.6, scale=1.0
+        ),
+        "octahedron": lambda: g.create_octahedron(1.0),
+        "sphere": lambda: g.create_sphere(1.0, resolution=20),
+        "tetrahedron": lambda: g.create_tetrahedron(1.0),
+        "torus": lambda: g.create_torus(1.0, 0.35),
+    }[name]()
+    mesh.compute_vertex_normals()
+    mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) * rng.uniform(0.7, 1.3, 3))
+    mesh.rotate(g.get_rotation_matrix_from_xyz(rng.uniform(-np.pi, np.pi, 3)), center=(0, 0, 0))
+    o3d.utility.random.seed(int(rng.integers(2**31)))  # open3d's sampler has its own generator
+    points = np.asarray(mesh.sample_points_uniformly(n_points).points)
+    points = points + rng.normal(0, 0.01 * np.ptp(points, axis=0).max(), points.shape)
+    return normalize_cloud(points.astype(np.float32))[0]
+
+
+def shapes_dataset(n_per_class: int, n_points: int, seed: int = 0) -> CloudDataset:
+    rng = np.random.default_rng(seed)
+    clouds, labels = [], []
+    for _ in range(n_per_class):
+        for name in SHAPE_CLASSES:
+            clouds.append(torch.from_numpy(make_shape(name, rng, n_points)))
+            labels.append(name)
+    return CloudDataset(clouds, labels, SHAPE_CLASSES, n_points)
+
+
+def load_clouds(data, n_points: int, sampling: str, skip_bad: bool, progress: bool = True):
+    """Read a folder (labels.csv, <class>/ or <class>/<split>/ layouts, or *.npz split arrays).
+
+    Returns (clouds, labels, splits, skipped); clouds are unit-sphere float tensors.
+    """
+    data = Path(data)
+    npz = [data] if data.suffix == ".npz" else sorted(data.glob("*.npz")) if data.is_dir() else []
+    if npz and not (data / "labels.csv").is_file():
+        items = [
+            (f"{path}[{split}][{i}]", p, str(int(y)), split)
+            for path in npz
+            for split, (points, ids) in load_npz_splits(path).items()
+            for i, (p, y) in enumerate(zip(points, ids, strict=True))
+        ]
+        read = lambda it: (check_cloud(it[1], it[0])[:, :3], it[2], it[3])  # noqa: E731
+        name = lambda it: it[0]  # noqa: E731
+    else:
+        items = tqdm(discover(data, EXTENSIONS), desc="reading point clouds", disable=None if progress else True)
+        read = lambda s: (read_cloud(s.path, n_points, sampling), s.label, s.split)  # noqa: E731
+        name = lambda s: str(s.path)  # noqa: E731
+    done, skipped = read_each(items, read, skip_bad, name)
+    resampled = sum(len(points) < n_points for points, _, _ in done)
+    if resampled:
+        log.warning("%d clouds had fewer than %d points and are resampled with replacement", resampled, n_points)
+    clouds = [torch.from_numpy(normalize_cloud(points)[0]) for points, _, _ in done]
+    return clouds, [label for _, label, _ in done], [split for _, _, split in done], skipped
+
+
+KNOWN_CARDS = {
+    "modelnet10_pcd_subset": "data_cards/modelnet10.md",
+    "adrenalmnist3d_surface_points": "data_cards/adrenalmnist3d_points.md",
+}
+
+
+def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
+    """Datasets, adapter config and data card for the point-cloud recipe.
+
+    Held-out data, in order: ``eval_data``; the file's own test/val split; a stratified 20 % split.
+    """
+    skipped = []
+    n = opts.points
+    if source.data is None:
+        full = shapes_dataset(opts.shapes_per_class, n, source.seed)
+        card, splits = "data_cards/shapes.md", [None] * len(full)
+    else:
+        clouds, labels, splits, skipped = load_clouds(
+            source.data, n, opts.sampling, source.skip_bad_files, source.progress
+        )
+        if not clouds:
+            raise DataError(f"{source.data}: no readable point clouds")
+        full = CloudDataset(clouds, labels, require_classes(labels, source.data), n)
+        card = data_card(source.data, KNOWN_CARDS)
+    if source.eval_data is not None:
+        more, more_labels, _, more_skipped = load_clouds(
+            source.eval_data, n, opts.sampling, source.skip_bad_files, source.progress
+        )
+        check_held_out_classes(more_labels, full.classes, source.eval_data, source.data)
+        train, held = full, CloudDataset(more, more_labels, full.classes, n)
+        skipped += more_skipped
+    else:
+        train_idx, eval_idx = held_out_split(full.labels, [str(i) for i in range(len(full))], splits, source.seed)
+        train, held = full.subset(train_idx), full.subset(eval_idx)
+    adapter = PointCloudConfig(n, opts.n_groups, opts.group_size, pointnet_width=opts.pointnet_width)
+    everything = range(len(train))
+    mild = PointCloudAugment(rotate_up=False, jitter=0.0, dropout=0.0)
+    return DomainData(
+        pretrain=train.subset(everything, mild),
+        finetune=train.subset(everything, PointCloudAugment()),
+        train_eval=train,
+        held_out=held,
+        classes=full.classes,
+        adapter={"name": "pointcloud", **asdict(adapter)},
+        data_card=card,
+        render=render_reconstruction,
+        held_out_augmented=held.subset(range(len(held)), mild),
+        info={
+            "train_clouds": len(train),
+            "eval_clouds": len(held),
+            "classes": full.classes,
+            "skipped_files": len(skipped),
+            "skipped": skipped,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------- picture
+def splat(points: torch.Tensor, size: int = 96) -> torch.Tensor:
+    """Orthographic x-y view of (P, 3) unit-sphere points, brighter when nearer (+z): (size, size)."""
+    img = torch.zeros(size * size)
+    xy = ((points[:, :2].clamp(-1, 1) + 1) / 2 * (size - 1)).round().long()
+    shade = (0.35 + 0.65 * (points[:, 2].clamp(-1, 1) + 1) / 2).float()
+    img.scatter_reduce_(0, (size - 1 - xy[:, 1]) * size + xy[:, 0], shade, reduce="amax")
+    return img.view(size, size)
+
+
+@torch.no_grad()
+def render_reconstruction(mae, x: torch.Tensor, valid=None, seed: int = 0) -> torch.Tensor:
+    """Rows: the cloud / its visible groups / visible plus predicted hidden groups: (3*S, B*S)."""
+    adapter = mae.adapter
+    patches = adapter.tokenize(x)
+    out = mae(patches, generator=torch.Generator(device=x.device).manual_seed(seed))
+    target = out.target.clone()  # (B, G, k*3)
+    full = target.scatter(1, out.ids_pred[..., None].expand(-1, -1, target.shape[-1]), out.pred.to(target.dtype))
+    visible = adapter.unpatchify(target, patches).view(len(x), target.shape[1], -1, 3)
+    keep = (~out.mask)[..., None, None].expand_as(visible)
+    rows = [
+        [splat(c) for c in x[..., :3].cpu()],
+        [splat(v[k].view(-1, 3)) for v, k in zip(visible.cpu(), keep.cpu(), strict=True)],
+        [splat(c) for c in adapter.unpatchify(full, patches).cpu()],
+    ]
+    return torch.cat([torch.cat(r, dim=1) for r in rows], dim=0)

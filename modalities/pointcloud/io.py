@@ -1,0 +1,96 @@
+"""Reading point clouds: open3d for .ply/.pcd/.xyz/.pts clouds and .off/.obj/.stl meshes (sampled
+uniformly or by Poisson disk), NumPy for .npy/.npz/.txt arrays and MedMNIST-style split arrays.
+Every cloud is xyz, centred on its centroid and scaled into the unit sphere; the scale is kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from modalities.common import DataError
+
+CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".pts")
+MESH_EXTENSIONS = (".off", ".obj", ".stl")
+ARRAY_EXTENSIONS = (".npy", ".npz", ".txt")
+EXTENSIONS = CLOUD_EXTENSIONS + MESH_EXTENSIONS + ARRAY_EXTENSIONS
+
+
+def check_cloud(points: np.ndarray, source) -> np.ndarray:
+    """Reject what no model should see: no points, NaN/inf, all points equal."""
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise DataError(f"{source}: expected points (N, 3+), got shape {points.shape}")
+    if len(points) == 0:
+        raise DataError(f"{source}: empty point cloud (no points)")
+    if not np.isfinite(points).all():
+        raise DataError(f"{source}: NaN or infinite coordinates")
+    if np.ptp(points[:, :3], axis=0).max() < 1e-9:
+        raise DataError(f"{source}: degenerate point cloud (all {len(points)} points equal)")
+    return points.astype(np.float32)
+
+
+def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndarray:
+    """Points (N, 3) float32 from a cloud, mesh or array file (xyz; further columns are dropped).
+
+    Meshes are sampled to ``n_points`` ("uniform" area-weighted, or "poisson" disk).
+    """
+    import open3d as o3d  # imported here: open3d loads slowly and only point clouds need it
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if suffix in ARRAY_EXTENSIONS:
+        try:
+            if suffix == ".npz":
+                with np.load(path) as z:
+                    key = "points" if "points" in z.files else z.files[0]
+                    points = z[key]
+            else:
+                points = np.load(path) if suffix == ".npy" else np.loadtxt(path, ndmin=2)
+        except (OSError, ValueError, IndexError) as e:
+            raise DataError(f"{path}: cannot read array ({e})") from None
+        return check_cloud(np.asarray(points, dtype=np.float64), path)[:, :3]
+    if suffix in MESH_EXTENSIONS or suffix == ".ply":
+        mesh = o3d.io.read_triangle_mesh(str(path))
+        if mesh.has_triangles():
+            if sampling not in ("uniform", "poisson"):
+                raise ValueError(f"sampling must be 'uniform' or 'poisson', got {sampling!r}")
+            pcd = (
+                mesh.sample_points_uniformly(n_points)
+                if sampling == "uniform"
+                else mesh.sample_points_poisson_disk(n_points)
+            )
+            return check_cloud(np.asarray(pcd.points), path)
+        if suffix in MESH_EXTENSIONS:
+            raise DataError(f"{path}: no triangles (unreadable or empty mesh)")
+    if suffix not in CLOUD_EXTENSIONS:
+        raise DataError(f"{path}: unsupported point-cloud format {suffix!r}; known: {', '.join(EXTENSIONS)}")
+    pcd = o3d.io.read_point_cloud(str(path))  # open3d warns and returns an empty cloud on bad files
+    if not pcd.has_points():
+        raise DataError(f"{path}: empty point cloud (no points, or an unreadable {suffix} file)")
+    return check_cloud(np.asarray(pcd.points), path)
+
+
+def normalize_cloud(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centre on the centroid and scale into the unit sphere -> (points, centre, scale)."""
+    centre = points.mean(0)
+    scale = float(np.linalg.norm(points - centre, axis=1).max())
+    return (points - centre) / scale, centre, scale
+
+
+def load_npz_splits(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MedMNIST-style arrays: ``{split}_points`` (N, P, 3+) with ``{split}_labels`` -> {split: (points, labels)}."""
+    try:
+        with np.load(path) as z:
+            splits = {
+                k[: -len("_points")]: (z[k], z[k[: -len("_points")] + "_labels"].reshape(-1))
+                for k in z.files
+                if k.endswith("_points")
+            }
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: cannot read {{split}}_points / {{split}}_labels arrays ({e})") from None
+    if not splits:
+        raise DataError(f"{path}: no '{{split}}_points' arrays")
+    return splits

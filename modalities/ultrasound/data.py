@@ -1,0 +1,196 @@
+"""Ultrasound datasets: frames in memory with their sectors, the built-in phantom, folders in the
+standard layouts, and the domain the recipe trains on.
+
+A clip contributes ``frames_per_clip`` frames spread evenly over its length, each a 2-D training
+sample; all frames of a clip stay on one side of a train/eval split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from foundations.grid import GridConfig
+from modalities.common import (
+    DataError,
+    DataSource,
+    DomainData,
+    Sample,
+    check_held_out_classes,
+    data_card,
+    discover,
+    read_each,
+    require_classes,
+    stratified_split,
+)
+from modalities.image.figures import reconstruction_grid
+from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, read_clip, read_image
+from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset
+from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector, resize_pair
+
+
+@dataclass(frozen=True)
+class UltrasoundOptions:
+    image_size: int = field(default=128, metadata={"help": "square training size in pixels"})
+    patch: int = field(default=16, metadata={"help": "patch size in pixels"})
+    frames_per_clip: int = field(default=8, metadata={"help": "frames taken from each cine loop"})
+    phantom_per_class: int = field(default=160, metadata={"help": "built-in phantom images per class"})
+
+    def __post_init__(self):
+        if self.image_size % self.patch:
+            raise ValueError(f"UltrasoundOptions.image_size {self.image_size} must be a multiple of patch {self.patch}")
+        if min(self.frames_per_clip, self.phantom_per_class) < 1:
+            raise ValueError("UltrasoundOptions.frames_per_clip and phantom_per_class must be >= 1")
+
+
+class FrameDataset(Dataset):
+    """Grey frames in memory (uint8, short side ``store``), with their sectors and labels.
+
+    Items: {"x": (1, S, S) float, "valid": (1, S, S) float, "y": long}; ``augment`` None gives
+    the evaluation view.
+    """
+
+    def __init__(self, frames, sectors, labels, sources, classes, size: int, augment: UltrasoundAugment | None):
+        self.frames, self.sectors, self.labels, self.sources = frames, sectors, labels, sources
+        self.classes, self.size, self.augment = list(classes), size, augment
+
+    def __len__(self):
+        return len(self.frames)
+
+    @property
+    def class_ids(self) -> list[int]:
+        return [self.classes.index(label) for label in self.labels]
+
+    def subset(self, indices, augment: UltrasoundAugment | None) -> FrameDataset:
+        pick = lambda seq: [seq[i] for i in indices]  # noqa: E731
+        return FrameDataset(
+            pick(self.frames),
+            pick(self.sectors),
+            pick(self.labels),
+            pick(self.sources),
+            self.classes,
+            self.size,
+            augment,
+        )
+
+    def __getitem__(self, i):
+        image = self.frames[i].float()[None] / 255
+        sector = self.sectors[i][None]
+        image, sector = self.augment(image, sector) if self.augment else resize_pair(image, sector, self.size)
+        return {"x": image, "valid": sector.float(), "y": self.classes.index(self.labels[i])}
+
+    def statistics(self) -> tuple[float, float]:
+        """Mean and std of the stored pixels inside the sectors (the adapter's normalisation)."""
+        total, sq, n = 0.0, 0.0, 0
+        for frame, sector in zip(self.frames, self.sectors, strict=True):
+            v = frame[sector].double() / 255
+            total, sq, n = total + v.sum().item(), sq + (v**2).sum().item(), n + v.numel()
+        mean = total / max(n, 1)
+        return mean, max((sq / max(n, 1) - mean**2), 1e-12) ** 0.5
+
+
+def _store(frame: np.ndarray, short: int) -> torch.Tensor:
+    """float (H, W) in [0, 1] -> uint8 with short side ``short`` (never upsampled)."""
+    t = torch.from_numpy(frame)[None, None]
+    h, w = frame.shape
+    f = min(1.0, short / min(h, w))
+    if f < 1.0:
+        t = F.interpolate(t, size=(max(1, round(h * f)), max(1, round(w * f))), mode="area")
+    return (t[0, 0] * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def read_frames(path, frames_per_clip: int, patch: int) -> np.ndarray:
+    """Grey frames (T, H, W) of an image (T = 1) or a cine loop, checked for size and NaNs."""
+    stack = read_clip(path, frames_per_clip) if path.suffix.lower() in CLIP_EXTENSIONS else read_image(path)[None]
+    if min(stack.shape[-2:]) < patch:
+        raise DataError(f"{path}: image is {stack.shape[-2]}x{stack.shape[-1]}, smaller than one {patch}x{patch} patch")
+    if not np.isfinite(stack).all():
+        raise DataError(f"{path}: contains NaN or infinite pixels")
+    return stack
+
+
+def load_frames(samples: list[Sample], opts: UltrasoundOptions, skip_bad: bool, classes=None, progress: bool = True):
+    """Read every sample into a ``FrameDataset``; returns (dataset, skipped [(path, reason)])."""
+    frames, sectors, labels, sources = [], [], [], []
+    store = round(opts.image_size * 1.25)
+    samples = tqdm(samples, desc="reading ultrasound", disable=None if progress else True)  # None: TTY only
+    read = lambda s: (s, read_frames(s.path, opts.frames_per_clip, opts.patch))  # noqa: E731
+    stacks, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
+    for s, stack in stacks:
+        stored = [_store(f, store) for f in stack]
+        frames += stored
+        sectors += [detect_sector(torch.stack(stored).float() / 255)] * len(stored)
+        labels += [s.label] * len(stored)
+        sources += [str(s.path)] * len(stored)
+    if not frames:
+        raise DataError("no readable ultrasound images or clips among the given files")
+    classes = classes or sorted(set(labels))
+    return FrameDataset(frames, sectors, labels, sources, classes, opts.image_size, None), skipped
+
+
+def phantom_frames(n_per_class: int, size: int, seed: int = 0) -> FrameDataset:
+    """The built-in phantom as a ``FrameDataset`` (see ultrasound_phantom.py)."""
+    items = phantom_dataset(n_per_class, round(size * 1.25), seed)
+    frames = [(img[0] * 255).round().to(torch.uint8) for img, _, _ in items]
+    sectors = [sec[0] for _, sec, _ in items]
+    labels = [label for _, _, label in items]
+    return FrameDataset(
+        frames, sectors, labels, [f"phantom_{i}" for i in range(len(items))], PHANTOM_CLASSES, size, None
+    )
+
+
+# Data cards of the sets this module knows, by folder name (see data_cards/).
+KNOWN_CARDS = {"busi_256": "data_cards/busi.md", "pocus_ccby_subset": "data_cards/pocus.md"}
+
+
+def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
+    """Datasets, adapter config and data card for the ultrasound recipe.
+
+    With ``source.data`` None the built-in phantom is used; without ``eval_data`` a stratified split
+    (20 %, grouped by source file, fixed seed) of the data is held out.
+    """
+    exts = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
+    skipped, size = [], opts.image_size
+    if source.data is None:
+        full = phantom_frames(opts.phantom_per_class, size, source.seed)
+        card = "data_cards/ultrasound_phantom.md"
+    else:
+        samples = discover(source.data, exts)
+        require_classes([s.label for s in samples], source.data)
+        full, skipped = load_frames(samples, opts, source.skip_bad_files, progress=source.progress)
+        card = data_card(source.data, KNOWN_CARDS)
+    if source.eval_data is None:
+        train_idx, eval_idx = stratified_split(full.labels, full.sources, 0.2, source.seed)
+        train, held = full.subset(train_idx, None), full.subset(eval_idx, None)
+    else:
+        train = full
+        samples = discover(source.eval_data, exts)
+        held, more = load_frames(samples, opts, source.skip_bad_files, full.classes, source.progress)
+        skipped += more
+        check_held_out_classes(held.labels, full.classes, source.eval_data, source.data)
+    mean, std = train.statistics()
+    adapter = GridConfig(1, (opts.patch, opts.patch), (size, size), (mean,), (std,))
+    everything = range(len(train))
+    return DomainData(
+        pretrain=train.subset(everything, UltrasoundAugment(size)),
+        # milder crops for classification: a small crop can cut the lesion out
+        finetune=train.subset(everything, UltrasoundAugment(size, scale=(0.8, 1.0))),
+        train_eval=train,
+        held_out=held,
+        classes=full.classes,
+        adapter={"name": "ultrasound", **asdict(adapter)},
+        data_card=card,
+        render=reconstruction_grid,
+        info={
+            "train_frames": len(train),
+            "eval_frames": len(held),
+            "classes": full.classes,
+            "skipped_files": len(skipped),
+            "skipped": skipped,
+        },
+    )

@@ -1,0 +1,43 @@
+"""Reading ultrasound: images (PNG/JPEG/BMP/TIFF) through Pillow, cine loops (mp4/avi/mov/mpeg)
+through decord's ``VideoReader``; every frame becomes grey in [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from modalities.common import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+CLIP_EXTENSIONS = (".mp4", ".avi", ".mov", ".mpeg", ".mpg")
+
+
+def read_image(path) -> np.ndarray:
+    """Grey image (H, W) float32 in [0, 1]; 8- and 16-bit files, grey or colour."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    scale = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0
+    arr = arr.astype(np.float32) / scale
+    if arr.ndim == 3:
+        arr = arr[..., :3].mean(-1)  # colour overlays (Doppler, annotations) -> luminance
+    return arr
+
+
+def read_clip(path, n_frames: int) -> np.ndarray:
+    """``n_frames`` grey frames (T, H, W) float32 in [0, 1], spread evenly over the clip."""
+    import decord  # imported here: decord's import is slow and only clips need it
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        total = len(reader)
+        if total == 0:
+            raise DataError(f"{path}: clip has no frames")
+        idx = np.linspace(0, total - 1, min(n_frames, total)).round().astype(int)
+        frames = reader.get_batch(list(idx)).asnumpy()  # (T, H, W, 3) uint8
+    except RuntimeError as e:  # decord's errors, DECORDError among them, are RuntimeErrors
+        raise DataError(f"{path}: cannot read clip ({str(e).splitlines()[0]})") from None
+    return frames.astype(np.float32).mean(-1) / 255.0

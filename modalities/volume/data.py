@@ -1,0 +1,411 @@
+"""Volume datasets: records from the standard layouts (class folders or labels.csv of NIfTI,
+Decathlon / nnU-Net image-label pairs, MedMNIST-3D arrays), the built-in synthetic set, prepared
+volumes seen through random crops, the figures, and the domain the recipe trains on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset
+from tqdm.auto import tqdm
+
+from modalities.common import (
+    DataError,
+    DataSource,
+    DomainData,
+    check_held_out_classes,
+    data_card,
+    discover,
+    held_out_split,
+    read_each,
+)
+from modalities.volume.adapter import volume_config
+from modalities.volume.io import (
+    EXTENSIONS,
+    NIFTI_EXTENSIONS,
+    check_voxels,
+    has_extension,
+    read_label,
+    read_volume,
+    strip_extension,
+    to_meta,
+)
+from modalities.volume.transforms import INTENSITY, PipelineConfig, ToSample, pipeline, spacing_mm
+
+
+def triple(kind):
+    """ "96" or "96,96,32" (or "96x96x32") -> a 3-tuple of ``kind``."""
+
+    def parse(text) -> tuple:
+        values = [kind(v) for v in text.replace("x", ",").split(",")] if isinstance(text, str) else text
+        values = list(values) if isinstance(values, (list, tuple)) else [kind(values)]
+        return tuple(values * 3 if len(values) == 1 else values)
+
+    return parse
+
+
+def four_d(text):
+    return text if text in ("stack", None) else int(text)
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    task: str = field(
+        default="classify",
+        metadata={
+            "choices": ("classify", "segment"),
+            "help": "classify: linear probe and fine-tuning on volume labels; segment: UNETR on label volumes "
+            "(probe = frozen encoder), Dice by sliding windows over whole held-out volumes",
+        },
+    )
+    window: str | None = field(
+        default=None,
+        metadata={
+            "choices": INTENSITY,
+            "help": "intensity preset: CT windows in HU (abdomen -175..250, lung -1350..150, brain 0..80, "
+            "wide -1000..1000) scaled to 0..1; mri = z-score of non-zero voxels per channel; unit = "
+            "min-max to 0..1. Unset: mri for NIfTI, unit for arrays",
+        },
+    )
+    spacing: tuple[float, float, float] | None = field(
+        default=None,
+        metadata={
+            "parse": triple(float),
+            "help": "resample to this voxel spacing in mm, e.g. 1.5 or 1,1,3; unset keeps the file's",
+        },
+    )
+    roi: tuple[int, int, int] = field(
+        default=(64, 64, 64), metadata={"parse": triple(int), "help": "crop size in voxels, e.g. 96 or 96,96,32"}
+    )
+    patch: tuple[int, int, int] = field(
+        default=(16, 16, 16), metadata={"parse": triple(int), "help": "patch size in voxels, e.g. 16 or 16,16,4"}
+    )
+    crops: int = field(default=2, metadata={"aliases": ("--samples",), "help": "random crops per volume and epoch"})
+    crop_foreground: bool = field(default=True, metadata={"help": "crop away the background around the body"})
+    volume_4d: str | int | None = field(
+        default=None,
+        metadata={
+            "parse": four_d,
+            "help": "4-D files (DWI, fMRI): 'stack' their volumes as channels, or an index N to select one",
+        },
+    )
+    classes: int = field(default=2, metadata={"help": "segmentation classes, background included"})
+    mix_2d: float = field(default=0.0, metadata={"help": "fraction of pretraining batches that are 2-D slices"})
+    synthetic_per_class: int = field(default=64, metadata={"help": "built-in synthetic volumes per class"})
+    synthetic_size: int = field(default=64, metadata={"help": "side of the built-in synthetic volumes"})
+
+    def __post_init__(self):
+        for name, parse in (("spacing", triple(float)), ("roi", triple(int)), ("patch", triple(int))):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, parse(getattr(self, name)))
+        if self.task not in ("classify", "segment"):
+            raise ValueError(f"VolumeOptions.task must be classify or segment, got {self.task!r}")
+        if not 0.0 <= self.mix_2d < 1.0:
+            raise ValueError(f"VolumeOptions.mix_2d must be in [0, 1), got {self.mix_2d}")
+        if self.crops < 1:
+            raise ValueError(f"VolumeOptions.crops must be >= 1, got {self.crops}")
+        volume_config(1, self.patch, self.roi)  # validates patch and roi
+
+    def pipeline(self) -> PipelineConfig:
+        return PipelineConfig(self.roi, self.window, self.spacing, crop_foreground=self.crop_foreground)
+
+
+class VolumeDataset(torch.utils.data.Dataset):
+    """Prepared volumes, each seen ``repeat`` times per epoch through a random (or fixed) transform."""
+
+    def __init__(self, items: list[dict], transform=None, repeat: int = 1, slices: bool = False):
+        self.items, self.transform, self.repeat, self.to_sample = items, transform, repeat, ToSample(slices)
+        labels = [it["label"] for it in items]
+        self.class_ids = [int(y) for y in labels] if all(isinstance(y, int) for y in labels) else None
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, i: int) -> dict:
+        d = dict(self.items[i % len(self.items)])
+        # "is not None": bool(Compose) calls len(), which flattens it into a new Compose whose
+        # init re-seeds every random transform from fresh entropy (MONAI 1.x)
+        d = self.transform(d) if self.transform is not None else d
+        return self.to_sample(d[0] if isinstance(d, list) else d)  # MONAI's sampling crops return a list
+
+
+def preprocess(records: list[dict], cfg: PipelineConfig, segment: bool, n_classes: int, four_d, skip_bad, progress):
+    """Read and prepare each record {"image": path or array, "label": class index, label path or
+    -1, "name"} once; bad files raise a ``DataError`` naming them, or are skipped and listed."""
+    select, stack = (None, True) if four_d == "stack" else (four_d, False)
+    transform = pipeline(cfg, "prepare", segment)
+
+    def read(rec: dict) -> dict:
+        image = rec["image"]
+        if isinstance(image, np.ndarray):
+            image = to_meta(check_voxels(image, rec["name"]), np.eye(4), rec["name"])  # arrays: 1 mm voxels
+        else:
+            image = read_volume(image, select, stack)
+        label = read_label(rec["label"], image, n_classes) if segment else rec["label"]
+        try:
+            item = transform({"image": image, "label": label})
+        except Exception as e:  # MONAI wraps failures in RuntimeError; name the file
+            raise DataError(f"{rec['name']}: preprocessing failed ({e})") from e
+        return {**item, "name": str(rec["name"])}
+
+    records = tqdm(records, desc="reading volumes", disable=not progress, leave=False)
+    return read_each(records, read, skip_bad, name=lambda rec: str(rec["name"]))
+
+
+LABEL_SUFFIXES = ("_seg-manual", "_seg")  # BIDS-style derivatives, as in the Spinal Cord Toolbox data
+
+
+def find_pairs(root: Path) -> list[dict]:
+    """Image/label NIfTI pairs: ``imagesTr/`` + ``labelsTr/`` (Medical Segmentation Decathlon;
+    an nnU-Net ``_0000`` channel suffix on images is allowed), or files with a sibling
+    ``<name>_seg-manual`` / ``<name>_seg`` label anywhere below ``root``."""
+    pairs = []
+    if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        labels = {
+            strip_extension(p.name): p for p in (root / "labelsTr").iterdir() if has_extension(p, NIFTI_EXTENSIONS)
+        }
+        for image in sorted(
+            p
+            for p in (root / "imagesTr").iterdir()
+            if has_extension(p, NIFTI_EXTENSIONS) and not p.name.startswith(".")
+        ):
+            stem = strip_extension(image.name)
+            label = labels.get(stem) or labels.get(stem.removesuffix("_0000"))
+            if label is None:
+                raise DataError(f"{image}: no label in {root / 'labelsTr'} with the same name")
+            pairs.append({"image": image, "label": label, "name": str(image)})
+        return pairs
+    for image in sorted(root.rglob("*")):
+        stem = strip_extension(image.name)
+        if not has_extension(image, NIFTI_EXTENSIONS) or stem.endswith(LABEL_SUFFIXES) or "_seg" in stem:
+            continue
+        label = next(
+            (
+                image.with_name(stem + s + e)
+                for s in LABEL_SUFFIXES
+                for e in NIFTI_EXTENSIONS
+                if image.with_name(stem + s + e).is_file()
+            ),
+            None,
+        )
+        if label is not None:
+            pairs.append({"image": image, "label": label, "name": str(image)})
+    return pairs
+
+
+def medmnist_records(path: Path) -> tuple[list[dict], list[str]]:
+    """Records of a MedMNIST-3D style .npz: ``{split}_images`` N x D x H x W, ``{split}_labels``."""
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        splits = [k.removesuffix("_images") for k in arrays.files if k.endswith("_images")]
+        records = []
+        for split in splits:
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1)
+            if images.ndim != 4 or len(images) != len(labels):
+                raise DataError(
+                    f"{path}: {split}_images must be N x D x H x W with one label each, "
+                    f"got {images.shape} and {labels.shape}"
+                )
+            records += [
+                {
+                    "image": images[i][None].astype(np.float32),
+                    "label": int(labels[i]),
+                    "name": f"{path.name}:{split}[{i}]",
+                    "split": split,
+                }
+                for i in range(len(images))
+            ]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a readable MedMNIST-style .npz ({type(e).__name__}: {e})") from e
+    if not records:
+        raise DataError(f"{path}: no {{split}}_images arrays")
+    return records, [str(c) for c in sorted({r["label"] for r in records})]
+
+
+def find_records(root, segment: bool) -> tuple[list[dict], list[str]]:
+    """Records and class names of a dataset folder (or .npz file); see the recipe's --help."""
+    root = Path(root)
+    npz = [root] if root.name.endswith(".npz") else sorted(root.glob("*.npz")) if root.is_dir() else []
+    if not root.exists():
+        raise DataError(f"{root}: data folder not found")
+    if segment:
+        pairs = find_pairs(root)
+        if not pairs:
+            raise DataError(
+                f"{root}: no image/label pairs; expected imagesTr/ + labelsTr/, "
+                "or <name>_seg.nii.gz beside <name>.nii.gz"
+            )
+        return pairs, []
+    if len(npz) == 1:
+        return medmnist_records(npz[0])
+    if (root / "labels.csv").is_file() or any(p.is_dir() for p in root.iterdir()):
+        samples = discover(root, EXTENSIONS)
+        classes = sorted({s.label for s in samples})
+        return [
+            {"image": s.path, "label": classes.index(s.label), "name": str(s.path), "split": s.split} for s in samples
+        ], classes
+    files = sorted(p for p in root.iterdir() if has_extension(p))
+    if not files:
+        raise DataError(f"{root}: no volumes ({', '.join(EXTENSIONS)}), labels.csv or class folders")
+    return [{"image": p, "label": -1, "name": str(p)} for p in files], []  # unlabelled: pretraining only
+
+
+SYNTHETIC_CLASSES = ["few", "many"]
+
+
+def synthetic_records(n_per_class: int, size: int, seed: int) -> list[dict]:
+    """MONAI's synthetic volumes (noisy spheres with their segmentation); the class is how many
+    spheres a volume holds: 3 ("few") or 9 ("many")."""
+    from monai.data import create_test_image_3d
+
+    rs = np.random.RandomState(seed)
+    records = []
+    for i in range(2 * n_per_class):
+        cls = i % 2
+        image, seg = create_test_image_3d(
+            size,
+            size,
+            size,
+            num_objs=(3, 9)[cls],
+            rad_max=size // 6,
+            rad_min=size // 12,
+            noise_max=0.1,
+            num_seg_classes=1,
+            random_state=rs,
+        )
+        records.append(
+            {
+                "image": image[None].astype(np.float32),
+                "label": cls,
+                "seg": (seg > 0).astype(np.float32),
+                "name": f"synthetic_{i:04d}",
+            }
+        )
+    return records
+
+
+@torch.no_grad()
+def render_slices(mae, x: dict, valid=None) -> torch.Tensor:
+    """Middle axial slices of input / masked input / reconstruction, one column per volume,
+    in radiological view; scaled by the input's range -> (3 * Y, B * X) in [0, 1]."""
+    rows = [r[:, 0, :, :, r.shape[-1] // 2].transpose(-1, -2).flip(-2) for r in mae.reconstruct(x, valid)]
+    lo, hi = rows[0].amin(), rows[0].amax()
+    rows = [((r - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) for r in rows]
+    return torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)
+
+
+KNOWN_CARDS = {
+    "adrenalmnist3d_64": "data_cards/adrenalmnist3d.md",
+    "sct_testing_data": "data_cards/sct_spinal_cord.md",
+    "mni152_nilearn": "data_cards/mni152.md",
+}
+
+
+def volume_card(root) -> str:
+    card = data_card(root, KNOWN_CARDS)
+    return "data_cards/decathlon_layout.md" if card.startswith("user") and (Path(root) / "imagesTr").is_dir() else card
+
+
+def segmentation_classes(root, n_classes: int) -> list[str]:
+    """Class names from dataset.json "labels" when present (the Decathlon's {"1": "spleen"} or
+    nnU-Net v2's {"spleen": 1}), else background, label_1 ... label_{n-1}."""
+    table = Path(root) / "dataset.json" if root else None
+    if table is not None and table.is_file():
+        labels = json.loads(table.read_text()).get("labels", {})
+        names = {int(k): v for k, v in labels.items() if str(k).isdigit()}
+        names |= {int(v): k for k, v in labels.items() if not str(k).isdigit() and isinstance(v, int)}
+        if names:
+            return [names.get(i, f"label_{i}") for i in range(max(n_classes, max(names) + 1))]
+    return ["background", *(f"label_{i}" for i in range(1, n_classes))]
+
+
+def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
+    """Datasets, adapter config and data card for the volumes recipe (``opts.task`` classify|segment).
+
+    Held-out data, in order: ``eval_data``; the .npz file's val/test split; 20 % of the files
+    (stratified by class, fixed seed). ``mix_2d``: the fraction of pretraining batches that are
+    2-D slices of the training volumes instead of 3-D crops.
+    """
+    segment = opts.task == "segment"
+    if source.data is None:
+        records = synthetic_records(opts.synthetic_per_class, opts.synthetic_size, source.seed)
+        records = [{**r, "label": r["seg"]} if segment else r for r in records]
+        classes, card = SYNTHETIC_CLASSES, "data_cards/synthetic_volumes.md"
+    else:
+        records, classes = find_records(source.data, segment)
+        card = volume_card(source.data)
+    if segment:
+        classes = ["background", "sphere"] if source.data is None else segmentation_classes(source.data, opts.classes)
+    pipe = opts.pipeline()
+    if pipe.intensity is None:
+        arrays = isinstance(records[0]["image"], np.ndarray)
+        pipe = dataclasses.replace(pipe, intensity="unit" if arrays else "mri")
+
+    def read(recs):
+        return preprocess(recs, pipe, segment, len(classes), opts.volume_4d, source.skip_bad_files, source.progress)
+
+    if source.eval_data is not None:
+        more, more_classes = find_records(source.eval_data, segment)
+        if not segment:
+            check_held_out_classes(more_classes, classes, source.eval_data, source.data)
+            more = [{**r, "label": classes.index(more_classes[r["label"]])} if r["label"] >= 0 else r for r in more]
+        (train, skipped), (held, skipped_held) = read(records), read(more)
+    else:
+        labels = ["all" if segment else str(r["label"]) for r in records]
+        splits = [r.get("split") for r in records]
+        train_idx, held_idx = held_out_split(labels, [str(r["name"]) for r in records], splits, source.seed)
+        (train, skipped), (held, skipped_held) = (
+            read([records[i] for i in train_idx]),
+            read([records[i] for i in held_idx]),
+        )
+    if not train or not held:
+        raise DataError(
+            f"{source.data or 'synthetic set'}: need readable volumes on both sides "
+            f"({len(train)} train, {len(held)} held out)"
+        )
+    channels = {it["image"].shape[0] for it in train + held}
+    if len(channels) > 1:
+        raise DataError(f"{source.data}: volumes have different channel counts {sorted(channels)}")
+    spacings = torch.stack([spacing_mm(it["image"]) for it in train])
+
+    pretrain = VolumeDataset(train, pipeline(pipe, "pretrain", segment, source.seed), repeat=opts.crops)
+    batch_groups = None
+    if opts.mix_2d:
+        n_slices = round(len(pretrain) * opts.mix_2d / (1 - opts.mix_2d))
+        repeat = max(1, math.ceil(n_slices / len(train)))
+        slices = VolumeDataset(train, pipeline(pipe, "slices", segment, source.seed), repeat=repeat, slices=True)
+        batch_groups = [0] * len(pretrain) + [1] * len(slices)
+        pretrain = ConcatDataset([pretrain, slices])
+    centre = pipeline(pipe, "eval", segment)
+    return DomainData(
+        pretrain=pretrain,
+        finetune=VolumeDataset(
+            train, pipeline(pipe, "segment" if segment else "pretrain", segment, source.seed), repeat=opts.crops
+        ),
+        train_eval=VolumeDataset(train, centre),
+        held_out=VolumeDataset(held) if segment else VolumeDataset(held, centre),  # segmentation: whole volumes
+        held_out_recon=VolumeDataset(held, centre),
+        classes=classes,
+        adapter={"name": "volume", **asdict(volume_config(channels.pop(), opts.patch, pipe.roi))},
+        data_card=card,
+        render=render_slices,
+        batch_groups=batch_groups,
+        preprocessing=asdict(pipe),
+        info={
+            "train_volumes": len(train),
+            "eval_volumes": len(held),
+            "classes": classes,
+            "spacing_min_mm": spacings.min(0).values.tolist(),
+            "spacing_max_mm": spacings.max(0).values.tolist(),
+            "slices_2d_fraction": opts.mix_2d,
+            "skipped_files": len(skipped) + len(skipped_held),
+            "skipped": skipped + skipped_held,
+        },
+    )

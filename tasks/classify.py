@@ -1,0 +1,119 @@
+"""Classification with a pretrained encoder: a linear probe on frozen features (MAE's protocol)
+and fine-tuning with layer-wise lr decay, optionally with test-time voting over augmented views."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from foundations.checkpoint import load_state
+from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
+from foundations.metrics import classification_metrics
+from foundations.train import TrainConfig, fit
+from modalities import load_encoder
+from modalities.common import DomainData
+from tasks.options import FinetuneOptions
+from tasks.session import Session, check_encoder
+
+
+def class_weights(class_ids, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, so that the loss weighs every class as balanced accuracy does."""
+    counts = torch.bincount(torch.as_tensor(class_ids), minlength=n_classes).float().clamp_min(1)
+    return counts.sum() / (n_classes * counts)
+
+
+@torch.no_grad()
+def predict(model, dataset, session: Session, key: str = "logits"):
+    """Run ``model`` over ``dataset`` on every process; gathered outputs and labels."""
+    acc, run = session.acc, session.run
+    model.eval()
+    dl = acc.prepare(DataLoader(dataset, batch_size=run.batch_size, num_workers=run.workers))
+    outs, labels = [], []
+    for batch in dl:
+        o = getattr(model(batch["x"]), key)
+        o, y = acc.gather_for_metrics((o, batch["y"]))
+        outs.append(o.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
+def finetune_config(opts: FinetuneOptions, steps: int, batch_size: int, checkpoint_every: int) -> TrainConfig:
+    """The schedule of a fine-tuning stage (classification or segmentation)."""
+    return TrainConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        base_lr=opts.finetune_lr,
+        warmup_steps=max(1, steps // 10),
+        checkpoint_every=checkpoint_every,
+    )
+
+
+def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions) -> dict:
+    check_encoder(encoder_dir, data.adapter)
+    acc = session.acc
+    encoder = load_encoder(encoder_dir, acc.device)
+    train_x, train_y = predict(encoder, data.train_eval, session, key="features")
+    eval_x, eval_y = predict(encoder, data.held_out, session, key="features")
+    n_classes = len(data.classes)
+    model = Classifier(
+        None, LinearProbeHead(train_x.shape[1], n_classes), class_weights=class_weights(train_y, n_classes)
+    )
+    dl = session.loader(TensorDataset(train_x, train_y), shuffle=True, batch_size=256)
+    cfg = TrainConfig(
+        max_steps=opts.probe_steps,
+        batch_size=dl.batch_size,
+        base_lr=0.1,
+        weight_decay=0.0,
+        warmup_steps=max(1, opts.probe_steps // 10),
+        clip_grad=None,
+        checkpoint_every=opts.probe_steps,
+    )
+    fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, acc, session.out, "probe", resume=session.run.resume)
+    model = acc.unwrap_model(model).eval()
+    with torch.no_grad():
+        logits = model(eval_x.to(acc.device)).logits.cpu()
+    return {f"probe/{k}": v for k, v in classification_metrics(logits, eval_y).items()}
+
+
+def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, votes: int = 1) -> dict:
+    """Fine-tune encoder + head; with ``votes`` > 1, held-out logits are summed over the plain view
+    and ``votes - 1`` passes over ``data.held_out_augmented`` (test-time voting)."""
+    check_encoder(encoder_dir, data.adapter)
+    acc = session.acc
+    if votes > 1 and data.held_out_augmented is None:
+        raise ValueError("test-time voting needs DomainData.held_out_augmented")
+    encoder = load_encoder(encoder_dir)
+    cfg_dp = dataclasses.replace(encoder.cfg, drop_path=opts.drop_path)
+    if cfg_dp != encoder.cfg:  # rebuild with stochastic depth, same weights
+        rebuilt = type(encoder)(encoder.adapter, cfg_dp)
+        load_state(rebuilt, encoder.state_dict(), encoder_dir)
+        encoder = rebuilt
+    n_classes = len(data.classes)
+    model = Classifier(
+        encoder,
+        ClassifierHead(encoder.feature_dim, n_classes),
+        opts.label_smoothing,
+        class_weights(data.finetune.class_ids, n_classes),
+    )
+    dl = session.loader(data.finetune, shuffle=True)
+    cfg = finetune_config(opts, opts.finetune_steps, dl.batch_size, session.run.checkpoint_every)
+    param_groups = layer_decay_groups(model, cfg.weight_decay, opts.layer_decay)
+    fit(
+        model,
+        dl,
+        lambda m, b: m(b["x"], b["y"]).loss,
+        cfg,
+        acc,
+        session.out,
+        "finetune",
+        param_groups=param_groups,
+        resume=session.run.resume,
+    )
+    model = acc.unwrap_model(model)
+    logits, labels = predict(model, data.held_out, session)
+    for _ in range(votes - 1):  # same order, augmented views
+        logits = logits + predict(model, data.held_out_augmented, session)[0]
+    return {f"finetune/{k}": v for k, v in classification_metrics(logits, labels).items()}

@@ -1,0 +1,186 @@
+"""Typed options of a recipe run, and the command line derived from them.
+
+Every option is a field of a frozen dataclass with its one default and its help beside it; the
+command line (``--flag-name``), ``--config FILE.yaml`` (the same names with underscores) and
+``config.yaml`` in the run folder are all derived from those fields. A recipe combines the shared
+groups below with its domain's options (``modalities.<name>.data.<Name>Options``) and may give a
+shared option a different default for its domain (``parse(..., defaults=...)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from foundations.vit import PRESETS
+from modalities.common import DataSource
+
+STAGES = ("pretrain", "probe", "finetune", "all")
+RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options; ignored as --config
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: str | None = field(default=None, metadata={"help": "output folder; default: runs/<recipe>"})
+    stage: str = field(
+        default="all", metadata={"choices": STAGES, "help": "which stage to run; all: every one in turn"}
+    )
+    encoder: str | None = field(
+        default=None, metadata={"help": "pretrained encoder folder to probe/fine-tune (default: OUT/encoder)"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue each stage from its last checkpoint"})
+    batch_size: int = field(default=32, metadata={"help": "per process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    mixed_precision: str = field(
+        default="auto",
+        metadata={"choices": ("auto", "no", "bf16", "fp16"), "help": "auto: bf16 on a GPU that supports it, else fp32"},
+    )
+    checkpoint_every: int = field(default=100, metadata={"help": "optimizer steps between checkpoints"})
+    workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    preset: str = field(default="tiny", metadata={"choices": tuple(sorted(PRESETS)), "help": "encoder size"})
+    max_steps: int = field(default=600, metadata={"help": "pretraining optimizer steps"})
+    epochs: int | None = field(
+        default=None, metadata={"help": "pretraining epochs over the training split (replaces --max-steps)"}
+    )
+    lr: float = field(
+        default=1.5e-3,
+        metadata={
+            "help": "pretraining base lr (x total batch / 256); MAE's 1.5e-4 suits batch 4096 and 800 epochs, "
+            "short runs on small batches need more"
+        },
+    )
+    mask: str | None = field(
+        default=None, metadata={"choices": ("random", "block"), "help": "masking strategy; default: the modality's"}
+    )
+    mask_ratio: float | None = field(
+        default=None, metadata={"help": "fraction of tokens hidden; default: the modality's"}
+    )
+    norm_pix: bool | None = field(
+        default=None, metadata={"help": "per-patch normalised targets (MAE's norm_pix_loss); default: the modality's"}
+    )
+
+    def __post_init__(self):
+        if self.max_steps < 1 or (self.epochs is not None and self.epochs < 1):
+            raise ValueError("--max-steps and --epochs must be >= 1")
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    probe_steps: int = field(default=300, metadata={"help": "linear-probe optimizer steps"})
+    finetune_steps: int = field(default=120, metadata={"help": "fine-tuning optimizer steps"})
+    finetune_lr: float = field(
+        default=2e-2,
+        metadata={"help": "fine-tuning base lr (x total batch / 256), high for short runs on small batches"},
+    )
+    layer_decay: float = field(default=0.75, metadata={"help": "fine-tuning lr x decay per block from the top"})
+    drop_path: float = field(default=0.1, metadata={"help": "fine-tuning stochastic depth (last block)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "fine-tuning cross-entropy smoothing"})
+
+    def __post_init__(self):
+        if min(self.probe_steps, self.finetune_steps) < 1:
+            raise ValueError("--probe-steps and --finetune-steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class Options:
+    """A recipe's resolved options, one frozen group each."""
+
+    source: DataSource
+    run: RunOptions
+    pretrain: PretrainOptions
+    finetune: FinetuneOptions
+    domain: Any  # the domain's own options dataclass
+
+    def flat(self) -> dict:
+        """Every option by its flag's name, as ``--config`` takes them."""
+        groups = (self.source, self.run, self.pretrain, self.finetune, self.domain)
+        return {k: v for g in groups for k, v in dataclasses.asdict(g).items()}
+
+
+SHARED = {
+    "data and outputs": DataSource,
+    "run": RunOptions,
+    "pretraining": PretrainOptions,
+    "probe and fine-tuning": FinetuneOptions,
+}
+
+
+def _flag_type(annotation):
+    """(the base type, whether None is allowed) of a field annotation such as ``int | None``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return (kinds[0] if len(kinds) == 1 else str), type(None) in args
+    return annotation, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    """One flag per field of ``cls``: ``--field-name``, type from the annotation (or the field's
+    metadata "parse"), booleans as --flag / --no-flag, choices and help from the metadata."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, _ = _flag_type(hints[f.name])
+        names = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
+        kwargs = {"dest": f.name, "default": f.default, "help": f.metadata.get("help", "")}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = f.metadata.get("parse", kind if kind in (int, float, str) else str)
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(*names, **kwargs)
+
+
+def build_parser(recipe: str, description: str, domain_cls, defaults: dict | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"accelerate launch recipes/{recipe}.py",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of options (same names as the flags); flags given win")
+    for title, cls in {**SHARED, recipe: domain_cls}.items():
+        add_options(parser, cls, title)
+    parser.set_defaults(out=f"runs/{recipe}", **(defaults or {}))
+    return parser
+
+
+def parse(recipe: str, description: str, domain_cls, defaults: dict | None = None, argv=None) -> Options:
+    """Flags over ``--config`` YAML over the recipe's ``defaults`` over the fields' defaults."""
+    parser = build_parser(recipe, description, domain_cls, defaults)
+    args = parser.parse_args(argv)
+    if args.config:
+        with open(args.config) as f:
+            options = yaml.safe_load(f) or {}
+        options = {k: v for k, v in options.items() if k not in RESOLVED}
+        unknown = sorted(set(options) - {a.dest for a in parser._actions})
+        if unknown:
+            parser.error(f"{args.config}: unknown options {unknown}")
+        parser.set_defaults(**options)
+        args = parser.parse_args(argv)
+    values = vars(args)
+    try:
+        groups = {
+            name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+            for name, cls in zip(
+                ("source", "run", "pretrain", "finetune", "domain"), (*SHARED.values(), domain_cls), strict=True
+            )
+        }
+    except ValueError as e:
+        parser.error(str(e))
+    return Options(**groups)

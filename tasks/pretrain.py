@@ -1,0 +1,123 @@
+"""The pretraining stage: MAE on the training split, pictures of held-out reconstructions, the
+held-out masked loss beside the adapter's trivial baselines, and the saved encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from accelerate.utils import send_to_device
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from foundations.checkpoint import load_state, save_pretrained
+from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
+from foundations.train import TrainConfig, fit
+from foundations.vit import PRESETS, gather_tokens
+from modalities import ADAPTERS, build_adapter, load_encoder
+from modalities.common import DomainData
+from tasks.options import PretrainOptions
+from tasks.session import Session, check_encoder
+
+
+def model_config(opts: PretrainOptions, adapter: dict) -> MAEConfig:
+    """The modality's defaults (``Adapter.defaults``) with what the options set."""
+    defaults = ADAPTERS[adapter["name"]][0].defaults
+    mask = dataclasses.replace(
+        defaults.mask, strategy=opts.mask or defaults.mask.strategy, ratio=opts.mask_ratio or defaults.mask.ratio
+    )
+    encoder = dataclasses.replace(PRESETS[opts.preset], **defaults.encoder)
+    norm_target = defaults.norm_target if opts.norm_pix is None else opts.norm_pix
+    return MAEConfig(encoder, DECODER_PRESETS[opts.preset], mask, norm_target)
+
+
+def pretrain_steps(opts: PretrainOptions, batch_size: int, grad_accum: int, n_train: int, processes: int) -> int:
+    if not opts.epochs:
+        return opts.max_steps
+    return opts.epochs * max(1, n_train // (min(batch_size, n_train) * processes * grad_accum))
+
+
+def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
+    acc, out, run = session.acc, session.out, session.run
+    cfg = model_config(opts, data.adapter)
+    mae = MaskedAutoencoder(build_adapter(data.adapter, cfg.encoder.dim), cfg)
+    if run.encoder:  # continue pretraining from a saved encoder
+        check_encoder(Path(run.encoder), data.adapter)
+        load_state(mae.encoder, load_encoder(run.encoder).state_dict(), run.encoder)
+    train_loader = session.loader(data.pretrain, shuffle=True, batch_groups=data.batch_groups)
+    steps = pretrain_steps(opts, run.batch_size, run.grad_accum, len(data.pretrain), acc.num_processes)
+    train_cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=train_loader.batch_sampler.batch_size,
+        base_lr=opts.lr,
+        warmup_steps=max(1, steps // 10),
+        checkpoint_every=run.checkpoint_every,
+    )
+    recon = data.held_out_recon or data.held_out
+    view = send_to_device(next(iter(DataLoader(recon, batch_size=8))), acc.device)
+    pictures = out / "reconstructions"
+    every = max(1, steps // 4)
+
+    def on_step(step: int, model) -> None:
+        if data.render is None or not acc.is_main_process or (step % every and step != steps):
+            return
+        pictures.mkdir(parents=True, exist_ok=True)
+        model.eval()
+        image = data.render(model, view["x"], view.get("valid"))
+        model.train()
+        Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(pictures / f"step_{step:06d}.png")
+
+    res = fit(
+        mae,
+        train_loader,
+        lambda m, b: m(b["x"], b.get("valid")).loss,
+        train_cfg,
+        acc,
+        out,
+        "pretrain",
+        resume=run.resume,
+        on_step=on_step,
+    )
+    mae = acc.unwrap_model(mae)
+    held = held_out_reconstruction(mae, recon, run.batch_size, session.seed, acc.device)
+    if acc.is_main_process:
+        save_pretrained(
+            mae.encoder,
+            out / "encoder",
+            data_card=data.data_card,
+            classes=data.classes,
+            mask=dataclasses.asdict(cfg.mask),
+            pretrain={"steps": res.steps, "loss": res.last_loss},
+            preprocessing=data.preprocessing,
+        )
+    acc.wait_for_everyone()
+    return {
+        "pretrain/loss_first": res.first_loss,
+        "pretrain/loss_last": res.last_loss,
+        "pretrain/steps": res.steps,
+        **held,
+    }
+
+
+@torch.no_grad()
+def held_out_reconstruction(mae, dataset, batch_size: int, seed: int, device) -> dict:
+    """Masked-token loss on held-out data, with one fixed mask per batch, beside the loss of the
+    adapter's trivial baselines (e.g. a flat patch, the group centre) on the same tokens."""
+    mae.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        batch = send_to_device(batch, device)
+        o = mae(batch["x"], batch.get("valid"), generator=gen)
+        target = gather_tokens(o.target, o.ids_pred)  # (B, M, P)
+        weights = None if o.weights is None else gather_tokens(o.weights, o.ids_pred)
+        losses = {"eval_loss": o.loss}
+        for name, pred in mae.adapter.baselines(target, weights, mae.cfg.norm_target).items():
+            losses[f"eval_loss_{name}"] = mae.adapter.loss(pred, target, weights, mae.cfg.norm_target)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(batch["y"])
+        n += len(batch["y"])
+    mae.train()
+    return {f"pretrain/{k}": v / n for k, v in sums.items()}

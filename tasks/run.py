@@ -1,0 +1,95 @@
+"""What every domain recipe shares: the run folder, the stages in turn, and the results.
+
+A recipe parses its ``Options`` (``tasks.options``), builds its ``DomainData`` and calls ``run``:
+
+    pretrain  MAE on the training split        -> encoder/, reconstructions/*.png, checkpoints/pretrain
+    probe     a frozen-encoder task            -> checkpoints/probe     (default: linear probe)
+    finetune  encoder + head, layer-wise decay -> checkpoints/finetune  (default: classification)
+    all       the three in turn (the default)
+
+The recipe chooses the later tasks (``classify.probe`` / ``classify.finetune``, voting, or
+``segment.stages``). Every stage adds its figures to ``metrics.json`` as soon as it ends, so a
+later failure loses nothing; ``config.yaml`` holds the resolved options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from foundations.checkpoint import CheckpointError
+from foundations.train import NonFiniteLossError, make_accelerator
+from modalities.common import DataError, DomainData
+from tasks import classify
+from tasks.options import FinetuneOptions, Options
+from tasks.pretrain import model_config, pretrain
+from tasks.session import Session
+
+# A later stage: (session, data, encoder folder, fine-tuning options) -> metrics
+Stage = Callable[[Session, DomainData, Path, FinetuneOptions], dict]
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a recipe; bad data, checkpoints or a diverging loss end with one clear line, exit code 2."""
+    try:
+        main()
+    except (DataError, CheckpointError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None) -> dict:
+    """Run the stages ``opts.run.stage`` asks for; ``stages`` replaces the default probe/finetune."""
+    acc = make_accelerator(opts.run.mixed_precision, opts.run.grad_accum, opts.source.seed)
+    out = Path(opts.run.out)
+    metrics_path = out / "metrics.json"
+    # figures of stages not run now (e.g. pretraining, before a later --stage probe) are kept
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics.update({f"data/{k}": v for k, v in data.info.items()})
+    metrics["run/processes"] = acc.num_processes
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        # every option by its flag name (so the file works as --config), then what they resolved to
+        model = dataclasses.asdict(model_config(opts.pretrain, data.adapter))
+        config = {**opts.flat(), "adapter": data.adapter, "model": model}
+        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+    acc.wait_for_everyone()
+
+    def save(new: dict) -> None:
+        metrics.update(new)
+        if acc.is_main_process:
+            metrics_path.write_text(json.dumps(metrics, indent=2))
+
+    session = Session(acc, out, opts.run, opts.source.seed)
+    chosen = ("pretrain", "probe", "finetune") if opts.run.stage == "all" else (opts.run.stage,)
+    encoder_dir = out / "encoder" if "pretrain" in chosen or not opts.run.encoder else Path(opts.run.encoder)
+    if "pretrain" in chosen:
+        save(pretrain(session, data, opts.pretrain))
+    later = {"probe": classify.probe, "finetune": classify.finetune, **(stages or {})}
+    for name in ("probe", "finetune"):
+        if name in chosen:
+            if not data.classes:
+                raise DataError(
+                    f"{opts.source.data or 'the built-in set'}: the data has no labels (no labels.csv, "
+                    "class folders or label files); use --stage pretrain"
+                )
+            save(later[name](session, data, encoder_dir, opts.finetune))
+    if acc.is_main_process:
+        print(results_table(metrics))
+    acc.end_training()
+    return metrics
+
+
+def results_table(metrics: dict) -> str:
+    rows = [
+        f"{k:<36} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k:<36} {v}"
+        for k, v in metrics.items()
+        if not isinstance(v, (list, dict))
+    ]
+    return "\n".join(["", "results", "-" * 46, *rows, ""])

@@ -1,0 +1,58 @@
+"""Typed options and the command line derived from them."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from modalities.pointcloud.data import PointCloudOptions
+from modalities.ultrasound.data import UltrasoundOptions
+from modalities.volume.data import VolumeOptions
+from tasks.options import RunOptions, build_parser, parse
+
+
+def test_parse__every_field_has_its_flag_and_one_default():
+    opts = parse("volumes", "", VolumeOptions, argv=[])
+    assert opts.domain == VolumeOptions() and opts.run == RunOptions(out="runs/volumes")
+    flags = {s for a in build_parser("volumes", "", VolumeOptions)._actions for s in a.option_strings}
+    for group in (opts.source, opts.run, opts.pretrain, opts.finetune, opts.domain):
+        for f in dataclasses.fields(group):
+            assert f"--{f.name.replace('_', '-')}" in flags, f.name
+
+
+def test_parse__flags_types_booleans_aliases_and_recipe_defaults():
+    argv = ["--roi", "96,96,32", "--patch", "16", "--no-crop-foreground", "--samples", "4", "--volume-4d", "stack"]
+    opts = parse("volumes", "", VolumeOptions, {"batch_size": 16}, argv=argv + ["--resume"])
+    d = opts.domain
+    assert (d.roi, d.patch, d.crop_foreground, d.crops, d.volume_4d) == ((96, 96, 32), (16, 16, 16), False, 4, "stack")
+    assert opts.run.batch_size == 16 and opts.run.resume is True
+    assert parse("volumes", "", VolumeOptions, argv=["--volume-4d", "2"]).domain.volume_4d == 2
+
+
+def test_parse__config_file_then_flags_and_a_runs_config_yaml_round_trips(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"points": 512, "max_steps": 7, "votes": 3}))
+    opts = parse("pointcloud", "", PointCloudOptions, argv=["--config", str(tmp_path / "c.yaml"), "--votes", "2"])
+    assert (opts.domain.points, opts.pretrain.max_steps, opts.domain.votes) == (512, 7, 2)
+    saved = {**opts.flat(), "adapter": {"name": "pointcloud"}, "model": {}}  # what run() writes
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert parse("pointcloud", "", PointCloudOptions, argv=["--config", str(tmp_path / "config.yaml")]) == opts
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--image-size", "100"], "multiple of patch"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--stage", "train"], "invalid choice"),
+    ],
+)
+def test_parse__bad_values_stop_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("ultrasound", "", UltrasoundOptions, argv=argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parse__unknown_config_option_is_named(tmp_path):
+    (tmp_path / "c.yaml").write_text("pointnet_width: 64\n")
+    with pytest.raises(SystemExit):
+        parse("ultrasound", "", UltrasoundOptions, argv=["--config", str(tmp_path / "c.yaml")])
