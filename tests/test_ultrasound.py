@@ -8,11 +8,8 @@ from modalities.common import (
     DataError,
     DataSource,
     Sample,
-    check_held_out_classes,
     discover,
-    held_out_split,
     require_classes,
-    stratified_split,
 )
 from modalities.ultrasound.data import UltrasoundOptions, build_domain, load_frames
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, read_clip, read_image
@@ -138,41 +135,6 @@ def test_discover__pocus_layout_images_and_clips(shared):
     assert {s.label for s in samples} == {"regular", "covid", "viral_pneumonia", "bacterial_pneumonia"}
 
 
-def test_discover__class_folders_and_bad_layouts(tmp_path):
-    for cls in ("a", "b"):
-        (tmp_path / "data" / cls / "sub").mkdir(parents=True)
-        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "data" / cls / "sub" / "x.png")
-    assert sorted(s.label for s in discover(tmp_path / "data", EXTS)) == ["a", "b"]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty: no data found"):
-        discover(tmp_path / "empty", EXTS)
-    with pytest.raises(DataError, match="not found"):
-        discover(tmp_path / "missing", EXTS)
-    with pytest.raises(DataError, match="only one class"):
-        require_classes(["a", "a"], tmp_path)
-    (tmp_path / "data" / "labels.csv").write_text("path,label\na/sub/x.png,a\nb/nope.png,b\n")
-    with pytest.raises(DataError, match=r"labels.csv, line 3: file .*nope.png does not exist"):
-        discover(tmp_path / "data", EXTS)
-
-
-def test_stratified_split__sources_stay_together_and_classes_on_both_sides():
-    labels = ["a"] * 20 + ["b"] * 10
-    sources = [f"clip{i // 5}" for i in range(30)]  # 6 clips of 5 frames
-    train, held = stratified_split(labels, sources, 0.3, seed=0)
-    assert sorted(train + held) == list(range(30))
-    assert not {sources[i] for i in train} & {sources[i] for i in held}
-    assert {labels[i] for i in held} == {"a", "b"} == {labels[i] for i in train}
-
-
-def test_held_out_split__the_datas_own_test_split_first_then_val_then_stratified():
-    labels, sources = ["a", "b"] * 5, [str(i) for i in range(10)]
-    splits = ["train", "val", "test", "train", "val", "train", "test", "train", "train", "train"]
-    assert held_out_split(labels, sources, splits, seed=0) == ([0, 1, 3, 4, 5, 7, 8, 9], [2, 6])
-    no_test = [s if s != "test" else "train" for s in splits]
-    assert held_out_split(labels, sources, no_test, seed=0)[1] == [1, 4]
-    assert held_out_split(labels, sources, [None] * 10, seed=0) == stratified_split(labels, sources, 0.2, seed=0)
-
-
 def test_build_domain__pocus_split_by_clip(shared):
     source = DataSource(str(shared / "ultrasound" / "pocus_ccby_subset"), progress=False)
     data = build_domain(source, UltrasoundOptions(image_size=64, frames_per_clip=2))
@@ -180,9 +142,3 @@ def test_build_domain__pocus_split_by_clip(shared):
     assert train_sources and eval_sources and not train_sources & eval_sources
     assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1
     assert data.info["train_frames"] + data.info["eval_frames"] == 44 * 2 + 8
-
-
-def test_check_held_out_classes__unknown_class_named():
-    check_held_out_classes(["a", "b"], ["a", "b", "c"], "eval/", "train/")
-    with pytest.raises(DataError, match=r"eval/: classes \['d'\] do not occur in the training data train/"):
-        check_held_out_classes(["a", "d"], ["a", "b"], "eval/", "train/")
