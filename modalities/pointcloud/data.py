@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -172,20 +173,18 @@ def load_clouds(data, n_points: int, sampling: str, skip_bad: bool, progress: bo
     """
     data = Path(data)
     npz = [data] if data.suffix == ".npz" else sorted(data.glob("*.npz")) if data.is_dir() else []
-    if npz and not (data / "labels.csv").is_file():
+    if npz and not (data / "labels.csv").is_file():  # (name, read, label, split) per cloud
         items = [
-            (f"{path}[{split}][{i}]", p, str(int(y)), split)
+            (name := f"{path}[{split}][{i}]", partial(check_cloud, p, name), str(int(y)), split)
             for path in npz
             for split, (points, ids) in load_npz_splits(path).items()
             for i, (p, y) in enumerate(zip(points, ids, strict=True))
         ]
-        read = lambda it: (check_cloud(it[1], it[0])[:, :3], it[2], it[3])  # noqa: E731
-        name = lambda it: it[0]  # noqa: E731
     else:
-        items = tqdm(discover(data, EXTENSIONS), desc="reading point clouds", disable=None if progress else True)
-        read = lambda s: (read_cloud(s.path, n_points, sampling), s.label, s.split)  # noqa: E731
-        name = lambda s: str(s.path)  # noqa: E731
-    done, skipped = read_each(items, read, skip_bad, name)
+        samples = discover(data, EXTENSIONS)
+        items = [(str(s.path), partial(read_cloud, s.path, n_points, sampling), s.label, s.split) for s in samples]
+    items = tqdm(items, desc="reading point clouds", disable=None if progress else True)
+    done, skipped = read_each(items, lambda it: (it[1]()[:, :3], it[2], it[3]), skip_bad, name=lambda it: it[0])
     resampled = sum(len(points) < n_points for points, _, _ in done)
     if resampled:
         log.warning("%d clouds had fewer than %d points and are resampled with replacement", resampled, n_points)
