@@ -11,6 +11,7 @@ import torch
 
 from foundations import adapter, checkpoint
 from foundations.grid import GridConfig
+from modalities.audio.adapter import AudioAdapter
 from modalities.image.adapter import ImageAdapter
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
 from modalities.ultrasound.adapter import UltrasoundAdapter
@@ -21,6 +22,7 @@ ADAPTERS = {
     "ultrasound": (UltrasoundAdapter, GridConfig),
     "pointcloud": (PointCloudAdapter, PointCloudConfig),
     "volume": (VolumeAdapter, GridConfig),
+    "audio": (AudioAdapter, GridConfig),
 }
 
 

@@ -4,7 +4,8 @@ and data-card lookup.
 
 Two layouts are understood, in this order:
   DIR/labels.csv   a CSV with a path column (``path``, ``image_path``, ``file`` or ``filename``,
-                   relative to DIR), a ``label`` column and optionally a ``split`` column.
+                   relative to DIR), a ``label`` column and optionally ``split`` and ``group``
+                   (speaker, patient or session: kept on one side of a split) columns.
   DIR/<class>/...  one folder per class, files anywhere below it; a first sub-folder named
                    train, val or test (ModelNet's ``<class>/<split>/<file>``) gives the split.
 """
@@ -94,6 +95,7 @@ class Sample:
     path: Path
     label: str
     split: str | None = None
+    group: str | None = None  # what must stay on one side of a split: speaker, patient, session
 
 
 def discover(root, extensions: tuple[str, ...]) -> list[Sample]:
@@ -126,7 +128,8 @@ def _from_csv(table: Path, extensions) -> list[Sample]:
             if not path.is_file():
                 raise DataError(f"{table}, line {line}: file {path} does not exist")
             if str(path).lower().endswith(tuple(extensions)):
-                samples.append(Sample(path, row["label"].strip(), (row.get("split") or "").strip() or None))
+                split, group = ((row.get(k) or "").strip() or None for k in ("split", "group"))
+                samples.append(Sample(path, row["label"].strip(), split, group))
     return samples
 
 
@@ -164,6 +167,17 @@ def stratified_split(labels: list[str], sources: list[str], eval_fraction: float
     train = [i for i, s in enumerate(sources) if s not in eval_sources]
     held = [i for i, s in enumerate(sources) if s in eval_sources]
     return train, held
+
+
+def group_split(sources: list[str], eval_fraction: float, seed: int):
+    """Split indices into (train, eval) by whole sources (speakers, patients), whatever their
+    class: a fraction of the sources, at least one, is held out."""
+    names = sorted(set(sources))
+    if len(names) < 2:
+        raise DataError(f"a split by source needs at least two, found {names}")
+    random.Random(seed).shuffle(names)
+    held = set(names[: min(len(names) - 1, max(1, round(len(names) * eval_fraction)))])
+    return [i for i, s in enumerate(sources) if s not in held], [i for i, s in enumerate(sources) if s in held]
 
 
 def held_out_split(labels: list[str], sources: list[str], splits: list[str | None], seed: int):

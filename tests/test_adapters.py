@@ -1,5 +1,5 @@
 """The adapter contract, run over every entry of ``modalities.ADAPTERS`` and every configuration
-of the grid adapter the coming modalities need (video tubes, spectrograms, radiance grids).
+of the grid adapter the coming modalities need (video tubes, radiance grids).
 
 A new adapter adds one example here; the test for a missing example fails, so no adapter goes
 untested.
@@ -96,9 +96,16 @@ EXAMPLES = {
         True,
     ),
     # AudioMAE fbank: (time, frequency), one channel, any number of frames
-    "grid:spectrogram": lambda: (
-        {"name": "grid", "channels": 1, "patch": [4, 4], "size": [16, 8], "mean": [-4.3], "std": [4.6]},
+    "audio": lambda: (
+        {"name": "audio", "channels": 1, "patch": [4, 4], "size": [16, 8], "mean": [-4.3], "std": [4.6]},
         torch.randn(2, 1, 28, 8),
+        None,
+        normalized,
+        True,
+    ),
+    "audio:long": lambda: (
+        {"name": "audio", "channels": 1, "patch": [4, 4], "size": [16, 8], "mean": [-4.3], "std": [4.6]},
+        torch.randn(2, 1, 64, 8),
         None,
         normalized,
         True,

@@ -1,0 +1,20 @@
+"""Audio as AudioMAE sees it (Huang et al. 2022, "Masked Autoencoders that Listen"): a log-mel
+filterbank (time, frequency) with one channel, cut into 16x16 patches by the grid adapter.
+
+Token coordinates are (time, frequency) grid indices, so a clip of any length is embedded by the
+same weights (AudioMAE's reference fixes a 64 x 8 grid). The mean and std of the filterbank on the
+training split are the adapter's normalisation and travel with the encoder.
+"""
+
+from __future__ import annotations
+
+from foundations.adapter import ModelDefaults
+from foundations.grid import GridAdapter
+from foundations.masking import MaskConfig
+
+
+class AudioAdapter(GridAdapter):
+    name = "audio"
+    # AudioMAE: unstructured random masking of 80 % of the patches; per-patch normalised targets of
+    # a spectrogram are mostly noise, so raw (dataset-normalised) log-mel values are reconstructed
+    defaults = ModelDefaults(MaskConfig("random", 0.8), norm_target=False)

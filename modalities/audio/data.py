@@ -1,0 +1,281 @@
+"""Audio datasets: filterbanks in memory, the built-in synthetic sounds, folders in the standard
+layouts (class folders, labels.csv with an optional group column, the Free Spoken Digit Dataset's
+``{digit}_{speaker}_{index}.wav`` names), SpecAugment-style augmentation, the domain the recipe
+trains on and its picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from foundations.grid import GridConfig
+from modalities.audio.io import EXTENSIONS, fbank, fit_frames, read_audio
+from modalities.common import (
+    DataError,
+    DataSource,
+    DomainData,
+    Sample,
+    check_held_out_classes,
+    data_card,
+    discover,
+    group_split,
+    read_each,
+    require_classes,
+    stratified_split,
+)
+
+log = logging.getLogger(__name__)
+FSDD_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<group>[^_]+)_\d+$")  # {digit}_{speaker}_{index}
+
+
+@dataclass(frozen=True)
+class AudioOptions:
+    sample_rate: int = field(default=16000, metadata={"help": "waveforms are resampled to this rate (Hz)"})
+    frames: int = field(
+        default=128,
+        metadata={"help": "10 ms frames per clip, cropped or padded (AudioMAE: 1024 AudioSet, 512 ESC-50, 128 speech)"},
+    )
+    mel_bins: int = field(default=128, metadata={"help": "mel filterbank bins"})
+    patch: int = field(default=16, metadata={"help": "patch side in frames and mel bins"})
+    split_by: str = field(
+        default="file",
+        metadata={
+            "choices": ("file", "speaker"),
+            "help": "file: a stratified 20 %% of the files is held out; speaker: whole speakers (FSDD names, or "
+            "the group column of labels.csv: speaker, patient, session) never on both sides",
+        },
+    )
+    synthetic_per_class: int = field(default=60, metadata={"help": "built-in synthetic sounds per class"})
+
+    def __post_init__(self):
+        if self.frames % self.patch or self.mel_bins % self.patch:
+            raise ValueError(f"AudioOptions.frames and mel_bins must be multiples of patch {self.patch}")
+        if self.sample_rate < 1000:
+            raise ValueError(f"AudioOptions.sample_rate must be at least 1000 Hz, got {self.sample_rate}")
+
+
+# ------------------------------------------------------------------------------------ augmentation
+@dataclass(frozen=True)
+class SpecAugment:
+    """Random time shift (roll) and SpecAugment's masks (Park et al. 2019) on a (1, T, F) filterbank,
+    in normalised units (a masked band is set to the mean, zero after the adapter's normalisation;
+    here, before it, to the clip's mean)."""
+
+    roll: bool = True
+    time_mask: int = 0  # widest masked band of frames (AudioMAE fine-tunes with 48 to 192)
+    freq_mask: int = 0  # widest masked band of mel bins (AudioMAE: 24 to 48)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        if self.roll:
+            x = x.roll(int(torch.randint(x.shape[1], ())), dims=1)
+        fill = x.mean()
+        for axis, width in ((1, self.time_mask), (2, self.freq_mask)):
+            if width:
+                w = int(torch.randint(width + 1, ()))
+                start = int(torch.randint(x.shape[axis] - w + 1, ()))
+                x.narrow(axis, start, w).fill_(fill)
+        return x
+
+
+class AudioDataset(Dataset):
+    """Filterbanks (T_i, F) in memory; items {"x": (1, frames, F), "y": class index}. Training views
+    crop a random window of longer clips; evaluation views take the first ``frames``."""
+
+    def __init__(self, features, labels, classes, sources, frames: int, augment: SpecAugment | None = None):
+        self.features, self.labels, self.classes, self.sources = features, labels, list(classes), sources
+        self.frames, self.augment = frames, augment
+
+    def __len__(self):
+        return len(self.features)
+
+    @property
+    def class_ids(self) -> list[int]:
+        return [self.classes.index(label) for label in self.labels]
+
+    def subset(self, indices, augment: SpecAugment | None = None) -> AudioDataset:
+        pick = lambda seq: [seq[i] for i in indices]  # noqa: E731
+        return AudioDataset(
+            pick(self.features), pick(self.labels), self.classes, pick(self.sources), self.frames, augment
+        )
+
+    def __getitem__(self, i):
+        f = self.features[i]
+        offset = int(torch.randint(len(f) - self.frames + 1, ())) if self.augment and len(f) > self.frames else 0
+        x = fit_frames(f, self.frames, offset, floor=f.min())[None]  # (1, frames, F)
+        return {"x": self.augment(x) if self.augment else x, "y": self.classes.index(self.labels[i])}
+
+    def statistics(self) -> tuple[float, float]:
+        """Mean and std of every real (unpadded) frame: the adapter's normalisation."""
+        values = torch.cat([f.flatten() for f in self.features]).double()
+        return values.mean().item(), max(values.std().item(), 1e-6)
+
+
+# ------------------------------------------------------------------------------- synthetic sounds
+SYNTHETIC_CLASSES = ("am_tone", "chirp_down", "chirp_up", "clicks", "fm_tone", "harmonic", "noise_burst", "tone")
+
+
+def synthetic_sound(name: str, rng: np.random.Generator, sample_rate: int, seconds: float = 1.0) -> np.ndarray:
+    """One labelled sound at a random pitch, level and onset, in background noise."""
+    n = int(sample_rate * seconds)
+    t = np.arange(n) / sample_rate
+    f0 = rng.uniform(200, 2000)
+    if name == "tone":
+        wave = np.sin(2 * np.pi * f0 * t)
+    elif name in ("chirp_up", "chirp_down"):
+        f1 = f0 * rng.uniform(2, 4) if name == "chirp_up" else f0 / rng.uniform(2, 4)
+        wave = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds)))
+    elif name == "noise_burst":
+        wave = rng.normal(0, 1, n) * (np.abs(t - rng.uniform(0.3, 0.7)) < rng.uniform(0.05, 0.2))
+    elif name == "harmonic":
+        wave = sum(np.sin(2 * np.pi * k * f0 / 2 * t) / k for k in range(1, 6))
+    elif name == "am_tone":
+        wave = np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 12) * t))
+    elif name == "fm_tone":
+        wave = np.sin(2 * np.pi * f0 * t + rng.uniform(3, 8) * np.sin(2 * np.pi * rng.uniform(3, 10) * t))
+    elif name == "clicks":
+        wave = np.zeros(n)
+        wave[rng.choice(n, rng.integers(4, 12), replace=False)] = 1.0
+        wave = np.convolve(wave, np.hanning(int(sample_rate * 0.004)), mode="same")
+    else:
+        raise ValueError(f"unknown synthetic sound {name!r}; known: {SYNTHETIC_CLASSES}")
+    onset = rng.uniform(0, 0.3)  # a random start, silence before it
+    wave = wave * (t >= onset) * rng.uniform(0.1, 0.8) / max(np.abs(wave).max(), 1e-9)
+    return (wave + rng.normal(0, 0.01, n)).astype(np.float32)
+
+
+def synthetic_set(n_per_class: int, opts: AudioOptions, seed: int) -> AudioDataset:
+    rng = np.random.default_rng(seed)
+    features, labels = [], []
+    for i in range(n_per_class * len(SYNTHETIC_CLASSES)):
+        name = SYNTHETIC_CLASSES[i % len(SYNTHETIC_CLASSES)]
+        wave = torch.from_numpy(synthetic_sound(name, rng, opts.sample_rate))
+        features.append(fbank(wave, opts.sample_rate, opts.mel_bins))
+        labels.append(name)
+    return AudioDataset(
+        features, labels, SYNTHETIC_CLASSES, [f"synthetic_{i}" for i in range(len(labels))], opts.frames
+    )
+
+
+# ------------------------------------------------------------------------------------- data sets
+def find_clips(root) -> list[Sample]:
+    """labels.csv or class folders (``discover``), else a flat folder named as FSDD's
+    ``{digit}_{speaker}_{index}.wav``: the label and the speaker (group) come from the name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    if (root / "labels.csv").is_file() or any(p.is_dir() for p in root.iterdir()):
+        return discover(root, EXTENSIONS)
+    samples = []
+    for path in sorted(p for p in root.iterdir() if p.suffix.lower() in EXTENSIONS):
+        match = FSDD_NAME.match(path.stem)
+        if match is None:
+            raise DataError(
+                f"{path}: a flat folder needs names {{label}}_{{speaker}}_{{index}} (FSDD); "
+                "otherwise use labels.csv or one folder per class"
+            )
+        samples.append(Sample(path, match["label"], None, match["group"]))
+    if not samples:
+        raise DataError(f"{root}: no audio files ({', '.join(EXTENSIONS)}), labels.csv or class folders")
+    return samples
+
+
+def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classes=None, progress: bool = True):
+    """Filterbanks of every readable clip -> (dataset, skipped [(path, reason)], clips shorter
+    than one patch of frames, which are padded like every clip shorter than ``frames``)."""
+    channels = set()
+
+    def read(s: Sample):
+        wave, n_channels = read_audio(s.path, opts.sample_rate)
+        channels.add(n_channels)
+        return s, fbank(wave, opts.sample_rate, opts.mel_bins)
+
+    samples = tqdm(samples, desc="reading audio", disable=None if progress else True)
+    done, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
+    if not done:
+        raise DataError("no readable audio clips among the given files")
+    if max(channels) > 1:
+        log.info("multi-channel clips (up to %d channels) are downmixed to mono", max(channels))
+    short = [str(s.path) for s, f in done if len(f) < opts.patch]
+    if short:
+        log.warning(
+            "%d clips are shorter than one patch (%d frames), e.g. %s; padded", len(short), opts.patch, short[0]
+        )
+    labels = [s.label for s, _ in done]
+    sources = [s.group or str(s.path) for s, _ in done]
+    dataset = AudioDataset([f for _, f in done], labels, classes or sorted(set(labels)), sources, opts.frames)
+    return dataset, skipped, short
+
+
+KNOWN_CARDS = {"fsdd_recordings": "data_cards/fsdd.md"}
+
+
+def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
+    """Datasets, adapter config and data card for the audio recipe.
+
+    Held-out data, in order: ``eval_data``; whole speakers (``split_by="speaker"``); a stratified
+    20 % of the files.
+    """
+    skipped, short = [], []
+    if source.data is None:
+        full, card = synthetic_set(opts.synthetic_per_class, opts, source.seed), "data_cards/synthetic_sounds.md"
+    else:
+        samples = find_clips(source.data)
+        require_classes([s.label for s in samples], source.data)
+        full, skipped, short = load_clips(samples, opts, source.skip_bad_files, progress=source.progress)
+        card = data_card(source.data, KNOWN_CARDS)
+    if source.eval_data is not None:
+        train = full
+        held, more = load_clips(
+            find_clips(source.eval_data), opts, source.skip_bad_files, full.classes, source.progress
+        )
+        check_held_out_classes(held.labels, full.classes, source.eval_data, source.data)
+        skipped += more
+    else:
+        if opts.split_by == "speaker":
+            train_idx, held_idx = group_split(full.sources, 0.2, source.seed)
+        else:
+            train_idx, held_idx = stratified_split(full.labels, full.sources, 0.2, source.seed)
+        train, held = full.subset(train_idx), full.subset(held_idx)
+    mean, std = train.statistics()
+    adapter = GridConfig(1, (opts.patch, opts.patch), (opts.frames, opts.mel_bins), (mean,), (std,))
+    everything = range(len(train))
+    return DomainData(
+        pretrain=train.subset(everything, SpecAugment()),
+        finetune=train.subset(everything, SpecAugment(time_mask=opts.frames // 5, freq_mask=opts.mel_bins // 5)),
+        train_eval=train,
+        held_out=held,
+        classes=full.classes,
+        adapter={"name": "audio", **asdict(adapter)},
+        data_card=card,
+        render=render_spectrograms,
+        preprocessing={"sample_rate": opts.sample_rate, "frames": opts.frames, "mel_bins": opts.mel_bins},
+        info={
+            "train_clips": len(train),
+            "eval_clips": len(held),
+            "classes": full.classes,
+            "held_out_sources": sorted(set(held.sources)) if opts.split_by == "speaker" else len(set(held.sources)),
+            "short_clips_padded": len(short),
+            "skipped_files": len(skipped),
+            "skipped": skipped,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------- picture
+@torch.no_grad()
+def render_spectrograms(mae, x: torch.Tensor, valid=None, seed: int = 0) -> torch.Tensor:
+    """Rows input / masked input / reconstruction, one column per clip, time to the right and low
+    frequencies at the bottom, scaled by the input's range -> (3 * F, B * T) in [0, 1]."""
+    rows = [r[:, 0].transpose(-1, -2).flip(-2) for r in mae.reconstruct(x, valid, seed)]  # (B, F, T)
+    lo, hi = rows[0].amin(), rows[0].amax()
+    rows = [((r - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1) for r in rows]
+    return torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2)

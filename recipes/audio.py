@@ -1,0 +1,22 @@
+"""Audio: AudioMAE-style pretraining on fbank spectrograms, linear probe and fine-tuning.
+
+accelerate launch recipes/audio.py                                  # built-in synthetic sounds, all stages
+accelerate launch recipes/audio.py --data DIR                       # labels.csv or <class>/ folders of wav/flac/ogg
+accelerate launch recipes/audio.py --data fsdd/ --split-by speaker  # FSDD names, whole speakers held out
+"""
+
+from modalities.audio.data import AudioOptions, build_domain
+from tasks.options import parse
+from tasks.run import run, run_main
+
+# a short default job on a CPU; the batch of 32 clips of 128 frames is 64 tokens each
+DEFAULTS = {"max_steps": 400, "finetune_steps": 200}
+
+
+def main():
+    opts = parse("audio", __doc__.splitlines()[0], AudioOptions, DEFAULTS)
+    run(opts, build_domain(opts.source, opts.domain))
+
+
+if __name__ == "__main__":
+    run_main(main)

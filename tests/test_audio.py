@@ -1,0 +1,163 @@
+"""Audio: readers, resampling and downmix, fbank parity with AudioMAE's kaldi call, layouts and
+speaker-independent splits, augmentation, bad inputs."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from foundations.grid import GridConfig
+from modalities.audio.adapter import AudioAdapter
+from modalities.audio.data import (
+    SYNTHETIC_CLASSES,
+    AudioOptions,
+    SpecAugment,
+    build_domain,
+    find_clips,
+    load_clips,
+    synthetic_sound,
+)
+from modalities.audio.io import fbank, fit_frames, read_audio
+from modalities.common import DataError, DataSource, Sample, group_split
+
+FSDD = "audio/fsdd_recordings"
+
+
+def tone(seconds=0.5, rate=8000, freq=440.0, channels=1):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+@pytest.mark.parametrize("suffix,subtype", [(".wav", "PCM_16"), (".flac", "PCM_24"), (".ogg", "VORBIS")])
+def test_read_audio__formats_resampled_to_the_target_rate(tmp_path, suffix, subtype):
+    sf.write(tmp_path / f"a{suffix}", tone(0.5, 8000), 8000, subtype=subtype)
+    wave, channels = read_audio(tmp_path / f"a{suffix}", 16000)
+    assert channels == 1 and abs(len(wave) - 8000) <= 1 and wave.dtype == torch.float32
+    spectrum = torch.fft.rfft(wave).abs()
+    assert abs(int(spectrum.argmax()) * 16000 / len(wave) - 440) < 5  # the tone survives resampling
+
+
+def test_read_audio__downmix_is_the_channel_mean(tmp_path):
+    left, right = tone(0.25, 16000, 440), tone(0.25, 16000, 880)
+    sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    wave, channels = read_audio(tmp_path / "s.wav", 16000)
+    assert channels == 2
+    torch.testing.assert_close(wave, torch.from_numpy((left + right) / 2))
+
+
+def test_fbank__is_audiomaes_kaldi_call():
+    wave = torch.from_numpy(synthetic_sound("chirp_up", np.random.default_rng(0), 16000))
+    expected = torchaudio.compliance.kaldi.fbank(
+        (wave - wave.mean())[None],
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
+    assert torch.equal(fbank(wave, 16000, 128), expected) and expected.shape == (98, 128)
+
+
+def test_fit_frames__crop_at_offset_or_pad_with_the_floor():
+    f = torch.arange(10.0)[:, None].expand(10, 3)
+    assert torch.equal(fit_frames(f, 4, offset=3)[:, 0], torch.tensor([3.0, 4, 5, 6]))
+    padded = fit_frames(f, 12, floor=-5)
+    assert padded.shape == (12, 3) and torch.equal(padded[10:], torch.full((2, 3), -5.0))
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("corrupt", "cannot read audio"),
+        ("empty", "empty audio"),
+        ("silent", "silent clip"),
+        ("nan", "NaN or infinite samples"),
+    ],
+)
+def test_bad_clips_are_named_or_skipped_and_counted(tmp_path, case, message):
+    bad = tmp_path / "a" / "bad.wav"
+    (tmp_path / "a").mkdir()
+    sf.write(tmp_path / "a" / "ok.wav", tone(), 8000)
+    if case == "corrupt":
+        bad.write_bytes(b"RIFF\x00\x00garbage" * 20)
+    else:
+        data = {"empty": np.zeros(0), "silent": np.zeros(4000)}.get(case)
+        if case == "nan":
+            data = tone()
+            data[100] = np.nan
+        sf.write(bad, data.astype(np.float32), 8000, subtype="FLOAT")
+    samples = [Sample(tmp_path / "a" / "ok.wav", "a"), Sample(bad, "a")]
+    with pytest.raises(DataError, match=f"bad.wav: .*{message}"):
+        load_clips(samples, AudioOptions(), skip_bad=False, progress=False)
+    dataset, skipped, _ = load_clips(samples, AudioOptions(), skip_bad=True, progress=False)
+    assert len(dataset) == 1 and skipped[0][0] == str(bad)
+
+
+def test_clip_shorter_than_one_patch_is_padded_and_counted(tmp_path):
+    sf.write(tmp_path / "short.wav", tone(0.1), 8000)  # 8 frames of 10 ms
+    dataset, _, short = load_clips([Sample(tmp_path / "short.wav", "a")], AudioOptions(), False, progress=False)
+    assert short == [str(tmp_path / "short.wav")] and dataset[0]["x"].shape == (1, 128, 128)
+
+
+def test_find_clips__fsdd_names_give_label_and_speaker(shared):
+    samples = find_clips(shared / FSDD)
+    assert len(samples) == 2000 and {s.label for s in samples} == {str(d) for d in range(10)}
+    assert {s.group for s in samples} == {"george", "jackson", "lucas", "nicolas"}
+
+
+def test_find_clips__labels_csv_group_column_and_bad_flat_names(tmp_path):
+    for i in range(4):
+        sf.write(tmp_path / f"c{i}.wav", tone(), 8000)
+    (tmp_path / "labels.csv").write_text("path,label,group\nc0.wav,a,p1\nc1.wav,b,p1\nc2.wav,a,p2\nc3.wav,b,p2\n")
+    assert [(s.label, s.group) for s in find_clips(tmp_path)] == [("a", "p1"), ("b", "p1"), ("a", "p2"), ("b", "p2")]
+    (tmp_path / "labels.csv").unlink()
+    with pytest.raises(DataError, match=r"c0.wav: a flat folder needs names"):
+        find_clips(tmp_path)
+
+
+def test_group_split__no_source_on_both_sides_and_at_least_one_held_out():
+    sources = ["george", "jackson", "lucas", "nicolas"] * 5
+    train, held = group_split(sources, 0.2, seed=0)
+    assert len({sources[i] for i in held}) == 1 and not {sources[i] for i in held} & {sources[i] for i in train}
+    with pytest.raises(DataError, match="at least two"):
+        group_split(["one"] * 3, 0.2, seed=0)
+
+
+def test_build_domain__fsdd_speaker_split_and_normalisation(shared):
+    opts = AudioOptions(split_by="speaker")
+    data = build_domain(DataSource(str(shared / FSDD), progress=False), opts)
+    assert data.info["train_clips"] == 1500 and data.info["eval_clips"] == 500
+    assert len(data.info["held_out_sources"]) == 1 and not set(data.train_eval.sources) & set(data.held_out.sources)
+    assert tuple(data.adapter["size"]) == (128, 128) and -20 < data.adapter["mean"][0] < 0 < data.adapter["std"][0]
+    assert data.held_out[0]["x"].shape == (1, 128, 128)
+
+
+def test_adapter__clips_of_any_length_through_the_same_weights():
+    adapter = AudioAdapter(GridConfig(1, (16, 16), (128, 128), (-6.0,), (4.0,)), 32)
+    short, long = adapter.embed(torch.randn(2, 1, 64, 128)), adapter.embed(torch.randn(2, 1, 1024, 128))
+    assert short.tokens.shape == (2, 32, 32) and long.tokens.shape == (2, 512, 32)
+    torch.testing.assert_close(long.coords[0, :32], short.coords[0])  # the same (time, frequency) grid
+
+
+def test_synthetic_set__every_class_is_a_distinct_sound():
+    rng = np.random.default_rng(0)
+    spectra = {}
+    for name in SYNTHETIC_CLASSES:
+        wave = synthetic_sound(name, rng, 16000)
+        assert wave.shape == (16000,) and 0.05 < np.abs(wave).max() < 1.0
+        spectra[name] = fbank(torch.from_numpy(wave), 16000).mean(0)
+    names = list(spectra)
+    assert all(not torch.allclose(spectra[a], spectra[b]) for a in names for b in names if a != b)
+
+
+def test_spec_augment__masks_bands_and_rolls_time():
+    torch.manual_seed(0)
+    x = torch.arange(64 * 32, dtype=torch.float32).view(1, 64, 32)
+    rolled = SpecAugment(roll=True)(x)
+    assert not torch.equal(rolled, x) and torch.equal(rolled.sort(dim=1).values, x.sort(dim=1).values)
+    masked = SpecAugment(roll=False, time_mask=10, freq_mask=8)(x)
+    assert (masked == x.mean()).any() and masked.shape == x.shape

@@ -1,0 +1,49 @@
+"""Real runs of the audio recipe through ``accelerate launch``: two processes on the built-in
+synthetic sounds, and a bad clip."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from modalities import load_encoder
+from tests.conftest import launch_recipe
+
+pytestmark = pytest.mark.e2e
+SMALL = ["--preset", "micro", "--batch-size", "8", "--probe-steps", "20", "--finetune-steps", "4"]
+
+
+def test_two_process_run_on_synthetic_sounds(tmp_path):
+    out = tmp_path / "run"
+    args = ["--synthetic-per-class", "6", "--frames", "96", "--max-steps", "6", "--checkpoint-every", "50"]
+    launch_recipe("audio", *SMALL, *args, "--out", out, processes=2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run/processes"] == 2 and metrics["pretrain/steps"] == 6 and len(metrics["data/classes"]) == 8
+    for key in ("pretrain/eval_loss", "pretrain/eval_loss_patch_mean", "probe/balanced_accuracy", "finetune/accuracy"):
+        assert np.isfinite(metrics[key]), key
+    picture = np.asarray(Image.open(out / "reconstructions" / "step_000006.png"))
+    assert picture.shape == (3 * 128, 8 * 96)  # mel bins up, frames across; 8 held-out clips
+    encoder = load_encoder(out / "encoder")
+    assert encoder.info["preprocessing"] == {"sample_rate": 16000, "frames": 96, "mel_bins": 128}
+    for frames in (32, 512):  # any clip length through the saved encoder
+        assert encoder(torch.randn(2, 1, frames, 128)).features.shape == (2, 64)
+
+
+def test_bad_clip_is_named_and_skip_bad_files_counts_it(tmp_path):
+    data = tmp_path / "data"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            t = np.arange(8000) / 8000
+            sf.write(data / cls / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t), 8000)
+    (data / "b" / "broken.wav").write_bytes(b"RIFF" + b"\x00" * 40)
+    args = [*SMALL, "--data", data, "--out", tmp_path / "out", "--max-steps", "2", "--stage", "pretrain"]
+    proc = launch_recipe("audio", *args, check=False, direct=True)
+    assert proc.returncode == 2 and "broken.wav: cannot read audio" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    launch_recipe("audio", *args, "--skip-bad-files", direct=True)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["data/skipped_files"] == 1 and metrics["data/skipped"][0][0].endswith("broken.wav")
