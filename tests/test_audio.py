@@ -161,3 +161,46 @@ def test_spec_augment__masks_bands_and_rolls_time():
     assert not torch.equal(rolled, x) and torch.equal(rolled.sort(dim=1).values, x.sort(dim=1).values)
     masked = SpecAugment(roll=False, time_mask=10, freq_mask=8)(x)
     assert (masked == x.mean()).any() and masked.shape == x.shape
+
+
+def test_find_clips__esc50_folds_and_source_groups(tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "audio").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for i, (fold, cat) in enumerate([(1, "dog"), (1, "rain"), (5, "dog"), (5, "rain")]):
+        sf.write(tmp_path / "audio" / f"{fold}-{i}-A-0.wav", tone(), 8000)
+        rows.append(f"{fold}-{i}-A-0.wav,{fold},0,{cat},False,{i},A")
+    (tmp_path / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    samples = find_clips(tmp_path, fold=5)
+    assert [(s.label, s.split) for s in samples] == [
+        ("dog", "train"),
+        ("rain", "train"),
+        ("dog", "test"),
+        ("rain", "test"),
+    ]
+    assert [s.split for s in find_clips(tmp_path, fold=1)] == ["test", "test", "train", "train"]
+    with pytest.raises(DataError, match="no fold 3"):
+        find_clips(tmp_path, fold=3)
+
+
+def test_find_clips__speech_commands_lists_and_speakers(tmp_path):
+    for cls in ("yes", "no", "_background_noise_"):
+        (tmp_path / cls).mkdir()
+        for spk in ("aa11", "bb22"):
+            sf.write(tmp_path / cls / f"{spk}_nohash_0.wav", tone(), 8000)
+    (tmp_path / "validation_list.txt").write_text("yes/bb22_nohash_0.wav\n")
+    (tmp_path / "testing_list.txt").write_text("no/bb22_nohash_0.wav\n")
+    samples = find_clips(tmp_path)
+    got = {(s.label, s.group): s.split for s in samples}
+    assert got == {("no", "aa11"): "train", ("no", "bb22"): "test", ("yes", "aa11"): "train", ("yes", "bb22"): "val"}
+
+
+def test_build_domain__the_datas_own_split_comes_first(tmp_path):
+    for cls in ("a", "b"):
+        for split in ("train", "test"):
+            (tmp_path / cls / split).mkdir(parents=True)
+            for i in range(2):
+                sf.write(tmp_path / cls / split / f"{i}.wav", tone(freq=300 + 100 * i), 8000)
+    data = build_domain(DataSource(str(tmp_path), progress=False), AudioOptions())
+    assert (data.info["train_clips"], data.info["eval_clips"]) == (4, 4)
+    assert all("/test/" in s for s in data.held_out.sources)

@@ -6,6 +6,7 @@ trains on and its picture.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from modalities.common import (
     data_card,
     discover,
     group_split,
+    held_out_split,
     read_each,
     require_classes,
     stratified_split,
@@ -53,6 +55,7 @@ class AudioOptions:
             "the group column of labels.csv: speaker, patient, session) never on both sides",
         },
     )
+    fold: int = field(default=5, metadata={"help": "ESC-50: the fold held out (1 to 5); the other four train"})
     synthetic_per_class: int = field(default=60, metadata={"help": "built-in synthetic sounds per class"})
 
     def __post_init__(self):
@@ -90,9 +93,9 @@ class AudioDataset(Dataset):
     """Filterbanks (T_i, F) in memory; items {"x": (1, frames, F), "y": class index}. Training views
     crop a random window of longer clips; evaluation views take the first ``frames``."""
 
-    def __init__(self, features, labels, classes, sources, frames: int, augment: SpecAugment | None = None):
+    def __init__(self, features, labels, classes, sources, splits, frames: int, augment: SpecAugment | None = None):
         self.features, self.labels, self.classes, self.sources = features, labels, list(classes), sources
-        self.frames, self.augment = frames, augment
+        self.splits, self.frames, self.augment = splits, frames, augment
 
     def __len__(self):
         return len(self.features)
@@ -103,9 +106,8 @@ class AudioDataset(Dataset):
 
     def subset(self, indices, augment: SpecAugment | None = None) -> AudioDataset:
         pick = lambda seq: [seq[i] for i in indices]  # noqa: E731
-        return AudioDataset(
-            pick(self.features), pick(self.labels), self.classes, pick(self.sources), self.frames, augment
-        )
+        features, labels, sources, splits = (pick(a) for a in (self.features, self.labels, self.sources, self.splits))
+        return AudioDataset(features, labels, self.classes, sources, splits, self.frames, augment)
 
     def __getitem__(self, i):
         f = self.features[i]
@@ -160,18 +162,29 @@ def synthetic_set(n_per_class: int, opts: AudioOptions, seed: int) -> AudioDatas
         wave = torch.from_numpy(synthetic_sound(name, rng, opts.sample_rate))
         features.append(fbank(wave, opts.sample_rate, opts.mel_bins))
         labels.append(name)
-    return AudioDataset(
-        features, labels, SYNTHETIC_CLASSES, [f"synthetic_{i}" for i in range(len(labels))], opts.frames
-    )
+    sources = [f"synthetic_{i}" for i in range(len(labels))]
+    return AudioDataset(features, labels, SYNTHETIC_CLASSES, sources, [None] * len(labels), opts.frames)
 
 
 # ------------------------------------------------------------------------------------- data sets
-def find_clips(root) -> list[Sample]:
-    """labels.csv or class folders (``discover``), else a flat folder named as FSDD's
-    ``{digit}_{speaker}_{index}.wav``: the label and the speaker (group) come from the name."""
+def find_clips(root, fold: int = 5) -> list[Sample]:
+    """Labelled clips of a dataset folder, in the first layout that fits:
+
+    - ESC-50: ``meta/esc50.csv`` (filename, fold, category, src_file) with ``audio/``; clips of
+      fold ``fold`` are the test split, clips cut from one source recording are one group;
+    - Speech Commands: class folders with ``validation_list.txt`` / ``testing_list.txt``; the
+      speaker (the name before ``_nohash_``) is the group; ``_background_noise_`` is left out;
+    - labels.csv (optional ``split`` and ``group`` columns) or class folders (``discover``);
+    - a flat folder named as FSDD's ``{digit}_{speaker}_{index}.wav``: label and speaker (group)
+      from the name.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
+    if (root / "meta" / "esc50.csv").is_file():
+        return esc50_clips(root, fold)
+    if (root / "testing_list.txt").is_file():
+        return speech_commands_clips(root)
     if (root / "labels.csv").is_file() or any(p.is_dir() for p in root.iterdir()):
         return discover(root, EXTENSIONS)
     samples = []
@@ -185,6 +198,42 @@ def find_clips(root) -> list[Sample]:
         samples.append(Sample(path, match["label"], None, match["group"]))
     if not samples:
         raise DataError(f"{root}: no audio files ({', '.join(EXTENSIONS)}), labels.csv or class folders")
+    return samples
+
+
+def esc50_clips(root: Path, fold: int) -> list[Sample]:
+    table = root / "meta" / "esc50.csv"
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"filename", "fold", "category"} - set(rows[0] if rows else {})
+    if missing:
+        raise DataError(f"{table}: not the ESC-50 metadata, missing columns {sorted(missing)}")
+    if str(fold) not in {r["fold"] for r in rows}:
+        raise DataError(f"{table}: no fold {fold}; folds are {sorted({r['fold'] for r in rows})}")
+    samples = []
+    for line, r in enumerate(rows, start=2):
+        path = root / "audio" / r["filename"]
+        if not path.is_file():
+            raise DataError(f"{table}, line {line}: file {path} does not exist")
+        split = "test" if r["fold"] == str(fold) else "train"
+        samples.append(Sample(path, r["category"], split, r.get("src_file") or r["filename"]))
+    return samples
+
+
+def speech_commands_clips(root: Path) -> list[Sample]:
+    lists = {}
+    for split, name in (("val", "validation_list.txt"), ("test", "testing_list.txt")):
+        path = root / name
+        lists |= (
+            {line.strip(): split for line in path.read_text().splitlines() if line.strip()} if path.is_file() else {}
+        )
+    samples = []
+    for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        for path in sorted(cls.glob("*.wav")):
+            key = f"{cls.name}/{path.name}"
+            samples.append(Sample(path, cls.name, lists.get(key, "train"), path.name.split("_nohash_")[0]))
+    if not samples:
+        raise DataError(f"{root}: a Speech Commands layout (testing_list.txt) without class folders of .wav files")
     return samples
 
 
@@ -211,7 +260,8 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
         )
     labels = [s.label for s, _ in done]
     sources = [s.group or str(s.path) for s, _ in done]
-    dataset = AudioDataset([f for _, f in done], labels, classes or sorted(set(labels)), sources, opts.frames)
+    splits = [s.split for s, _ in done]
+    dataset = AudioDataset([f for _, f in done], labels, classes or sorted(set(labels)), sources, splits, opts.frames)
     return dataset, skipped, short
 
 
@@ -228,19 +278,21 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
     if source.data is None:
         full, card = synthetic_set(opts.synthetic_per_class, opts, source.seed), "data_cards/synthetic_sounds.md"
     else:
-        samples = find_clips(source.data)
+        samples = find_clips(source.data, opts.fold)
         require_classes([s.label for s in samples], source.data)
         full, skipped, short = load_clips(samples, opts, source.skip_bad_files, progress=source.progress)
         card = data_card(source.data, KNOWN_CARDS)
     if source.eval_data is not None:
         train = full
         held, more = load_clips(
-            find_clips(source.eval_data), opts, source.skip_bad_files, full.classes, source.progress
+            find_clips(source.eval_data, opts.fold), opts, source.skip_bad_files, full.classes, source.progress
         )
         check_held_out_classes(held.labels, full.classes, source.eval_data, source.data)
         skipped += more
     else:
-        if opts.split_by == "speaker":
+        if any(s in ("test", "val") for s in full.splits):  # the data's own split (ESC-50 fold, SC lists)
+            train_idx, held_idx = held_out_split(full.labels, full.sources, full.splits, source.seed)
+        elif opts.split_by == "speaker":
             train_idx, held_idx = group_split(full.sources, 0.2, source.seed)
         else:
             train_idx, held_idx = stratified_split(full.labels, full.sources, 0.2, source.seed)
