@@ -4,7 +4,8 @@
   global-pool head with fc_norm).
 - ``LinearProbeHead``: BatchNorm without affine parameters before the linear layer, as MAE's
   linear probing protocol (He et al. 2022, appendix A.2) prescribes to normalise frozen features.
-- ``Classifier``: encoder + head + label-smoothed cross-entropy, returning named outputs.
+- ``Classifier``: encoder + head + label-smoothed cross-entropy (class indices or class
+  probabilities, e.g. mixed by mixup), or binary cross-entropy per class for multi-label tasks.
 - ``layer_decay_groups``: layer-wise lr decay (Clark et al. 2020, BEiT, MAE fine-tuning).
 """
 
@@ -56,16 +57,21 @@ class Classifier(nn.Module):
         head: nn.Module,
         label_smoothing: float = 0.0,
         class_weights: torch.Tensor | None = None,
+        multi_label: bool = False,
     ):
         super().__init__()
-        self.encoder, self.head, self.label_smoothing = encoder, head, label_smoothing
+        self.encoder, self.head, self.label_smoothing, self.multi_label = encoder, head, label_smoothing, multi_label
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, x, y: torch.Tensor | None = None) -> ClassifierOutput:
+        """y: (B,) class indices, (B, classes) class probabilities, or (B, classes) 0/1 targets of a
+        multi-label task."""
         features = self.encoder(x).features if self.encoder is not None else x
         logits = self.head(features)
         loss = None
-        if y is not None:
+        if y is not None and self.multi_label:
+            loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
+        elif y is not None:
             loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
         return ClassifierOutput(loss, logits)
 

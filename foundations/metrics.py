@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, balanced accuracy, macro-F1, and AUROC for two classes."""
+"""Classification metrics: accuracy, balanced accuracy, macro-F1, and AUROC for two classes;
+mean average precision for multi-label tasks (AudioSet's headline metric)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,23 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
         probs = logits.float().softmax(1)[:, 1]
         out["auroc"] = float(compute_roc_auc(probs, target.long()))
     return out
+
+
+def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the precision-recall curve of one class: the mean precision at each positive, in
+    order of decreasing score. scores, positive: (B,)."""
+    hits = positive[scores.argsort(descending=True)].double()
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
+    return float((precision * hits).sum() / hits.sum())
+
+
+def multilabel_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """logits, target: (B, C), target 0/1. ``mAP``: average precision averaged over the classes with
+    at least one positive; ``micro_f1`` at probability 0.5."""
+    positive = target > 0.5
+    present = [c for c in range(target.shape[1]) if positive[:, c].any()]
+    pred = logits.float().sigmoid() > 0.5
+    tp = (pred & positive).sum().item()
+    f1 = 2 * tp / max(1, pred.sum().item() + positive.sum().item())
+    ap = [average_precision(logits[:, c].float(), positive[:, c]) for c in present]
+    return {"mAP": sum(ap) / max(1, len(ap)), "micro_f1": f1, "n": len(target)}

@@ -63,6 +63,7 @@ class DomainData:
     batch_groups: list[int] | None = None  # of every pretraining item; a batch holds one (2-D/3-D mixes)
     held_out_recon: Dataset | None = None  # held-out items for reconstruction figures; default held_out
     held_out_augmented: Dataset | None = None  # held-out split with test-time augmentation (voting)
+    multi_label: bool = False  # "y" is (classes,) 0/1, several classes per item
     preprocessing: dict = field(default_factory=dict)  # saved with the encoder: how to prepare new inputs
 
 

@@ -3,9 +3,13 @@
 accelerate launch recipes/audio.py                                  # built-in synthetic sounds, all stages
 accelerate launch recipes/audio.py --data DIR                       # labels.csv or <class>/ folders of wav/flac/ogg
 accelerate launch recipes/audio.py --data fsdd/ --split-by speaker  # FSDD names, whole speakers held out
+accelerate launch recipes/audio.py --data DIR                       # labels.csv "dog;rain": multi-label, mAP
 """
 
+import functools
+
 from modalities.audio.data import AudioOptions, build_domain
+from tasks import classify
 from tasks.options import parse
 from tasks.run import run, run_main
 
@@ -15,7 +19,8 @@ DEFAULTS = {"max_steps": 400, "finetune_steps": 200}
 
 def main():
     opts = parse("audio", __doc__.splitlines()[0], AudioOptions, DEFAULTS)
-    run(opts, build_domain(opts.source, opts.domain))
+    finetune = functools.partial(classify.finetune, mix=opts.domain.mixup)
+    run(opts, build_domain(opts.source, opts.domain), {"finetune": finetune})
 
 
 if __name__ == "__main__":

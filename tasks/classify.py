@@ -1,5 +1,7 @@
 """Classification with a pretrained encoder: a linear probe on frozen features (MAE's protocol)
-and fine-tuning with layer-wise lr decay, optionally with test-time voting over augmented views."""
+and fine-tuning with layer-wise lr decay, optionally with mixup (Zhang et al. 2018) and test-time
+voting over augmented views. Single-label tasks report accuracy, balanced accuracy, macro-F1
+(AUROC for two classes); multi-label tasks (``DomainData.multi_label``) mean average precision."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import dataclasses
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from foundations.checkpoint import load_state
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
-from foundations.metrics import classification_metrics
+from foundations.metrics import classification_metrics, multilabel_metrics
 from foundations.train import TrainConfig, fit
 from modalities import load_encoder
 from modalities.common import DomainData
@@ -40,6 +43,24 @@ def predict(model, dataset, session: Session, key: str = "logits"):
     return torch.cat(outs), torch.cat(labels)
 
 
+def metrics(data: DomainData, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return multilabel_metrics(logits, labels) if data.multi_label else classification_metrics(logits, labels)
+
+
+def weights(data: DomainData, class_ids) -> torch.Tensor | None:
+    """Inverse-frequency class weights of a single-label task; none for multi-label targets."""
+    return None if data.multi_label else class_weights(class_ids, len(data.classes))
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item blended with another of the batch by lam ~ Beta(alpha, alpha), and so are its
+    class probabilities (one-hot or multi-label). x: (B, ...), y: (B,) or (B, classes)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(x), device=x.device)
+    y = F.one_hot(y, n_classes).to(x.dtype) if y.ndim == 1 else y.to(x.dtype)
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
 def finetune_config(opts: FinetuneOptions, steps: int, batch_size: int, checkpoint_every: int) -> TrainConfig:
     """The schedule of a fine-tuning stage (classification or segmentation)."""
     return TrainConfig(
@@ -57,10 +78,8 @@ def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneO
     encoder = load_encoder(encoder_dir, acc.device)
     train_x, train_y = predict(encoder, data.train_eval, session, key="features")
     eval_x, eval_y = predict(encoder, data.held_out, session, key="features")
-    n_classes = len(data.classes)
-    model = Classifier(
-        None, LinearProbeHead(train_x.shape[1], n_classes), class_weights=class_weights(train_y, n_classes)
-    )
+    head = LinearProbeHead(train_x.shape[1], len(data.classes))
+    model = Classifier(None, head, class_weights=weights(data, train_y), multi_label=data.multi_label)
     dl = session.loader(TensorDataset(train_x, train_y), shuffle=True, batch_size=256)
     cfg = TrainConfig(
         max_steps=opts.probe_steps,
@@ -75,12 +94,16 @@ def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneO
     model = acc.unwrap_model(model).eval()
     with torch.no_grad():
         logits = model(eval_x.to(acc.device)).logits.cpu()
-    return {f"probe/{k}": v for k, v in classification_metrics(logits, eval_y).items()}
+    return {f"probe/{k}": v for k, v in metrics(data, logits, eval_y).items()}
 
 
-def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, votes: int = 1) -> dict:
-    """Fine-tune encoder + head; with ``votes`` > 1, held-out logits are summed over the plain view
-    and ``votes - 1`` passes over ``data.held_out_augmented`` (test-time voting)."""
+def finetune(
+    session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, votes: int = 1, mix: float = 0.0
+) -> dict:
+    """Fine-tune encoder + head; ``mix`` > 0 mixes the training batches (mixup's alpha; inputs must
+    be tensors whose weighted sum is an input, as spectrograms and images are); with ``votes`` > 1,
+    held-out logits are summed over the plain view and ``votes - 1`` passes over
+    ``data.held_out_augmented`` (test-time voting)."""
     check_encoder(encoder_dir, data.adapter)
     acc = session.acc
     if votes > 1 and data.held_out_augmented is None:
@@ -92,19 +115,21 @@ def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: Finetu
         load_state(rebuilt, encoder.state_dict(), encoder_dir)
         encoder = rebuilt
     n_classes = len(data.classes)
-    model = Classifier(
-        encoder,
-        ClassifierHead(encoder.feature_dim, n_classes),
-        opts.label_smoothing,
-        class_weights(data.finetune.class_ids, n_classes),
-    )
+    class_ids = None if data.multi_label else data.finetune.class_ids
+    head = ClassifierHead(encoder.feature_dim, n_classes)
+    model = Classifier(encoder, head, opts.label_smoothing, weights(data, class_ids), data.multi_label)
+
+    def loss(m, b):
+        x, y = mixup(b["x"], b["y"], mix, n_classes) if mix > 0 else (b["x"], b["y"])
+        return m(x, y).loss
+
     dl = session.loader(data.finetune, shuffle=True)
     cfg = finetune_config(opts, opts.finetune_steps, dl.batch_size, session.run.checkpoint_every)
     param_groups = layer_decay_groups(model, cfg.weight_decay, opts.layer_decay)
     fit(
         model,
         dl,
-        lambda m, b: m(b["x"], b["y"]).loss,
+        loss,
         cfg,
         acc,
         session.out,
@@ -116,4 +141,4 @@ def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: Finetu
     logits, labels = predict(model, data.held_out, session)
     for _ in range(votes - 1):  # same order, augmented views
         logits = logits + predict(model, data.held_out_augmented, session)[0]
-    return {f"finetune/{k}": v for k, v in classification_metrics(logits, labels).items()}
+    return {f"finetune/{k}": v for k, v in metrics(data, logits, labels).items()}

@@ -204,3 +204,15 @@ def test_build_domain__the_datas_own_split_comes_first(tmp_path):
     data = build_domain(DataSource(str(tmp_path), progress=False), AudioOptions())
     assert (data.info["train_clips"], data.info["eval_clips"]) == (4, 4)
     assert all("/test/" in s for s in data.held_out.sources)
+
+
+def test_multi_label__labels_csv_with_several_labels_per_clip(tmp_path):
+    rows = ["path,label"]
+    for i, label in enumerate(["dog", "dog;rain", "rain", "rain;wind", "wind", "dog;wind"] * 2):
+        sf.write(tmp_path / f"c{i}.wav", tone(freq=200 + 50 * i), 8000)
+        rows.append(f"c{i}.wav,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    data = build_domain(DataSource(str(tmp_path), progress=False), AudioOptions())
+    assert data.multi_label and data.classes == ["dog", "rain", "wind"]
+    ys = {tuple(data.train_eval[i]["y"].tolist()) for i in range(len(data.train_eval))}
+    assert ys <= {(1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (1, 0, 1)} and len(ys) > 2

@@ -41,3 +41,17 @@ def test_layer_decay__scales_by_depth():
     assert scale_of[id(model.head.fc.weight)] == 1.0
     assert wd_of[id(enc.blocks[0].norm1.weight)] == 0.0 and wd_of[id(model.head.fc.weight)] == 0.05
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_classifier__multi_label_bce_and_soft_targets():
+    model = classifier(n_classes=3)
+    x = torch.rand(4, 1, 16, 16)
+    logits = model(x).logits
+    multi = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    model.multi_label = True
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, multi)
+    torch.testing.assert_close(model(x, multi).loss, expected)
+    model.multi_label = False  # class probabilities (mixup) are cross-entropy targets
+    soft = torch.tensor([[0.7, 0.3, 0.0]] * 4)
+    expected = -(soft * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(model(x, soft).loss, expected)

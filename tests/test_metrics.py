@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from foundations.metrics import classification_metrics, confusion_matrix
+from foundations.metrics import average_precision, classification_metrics, confusion_matrix, multilabel_metrics
 
 
 def one_hot_logits(pred, n):
@@ -29,3 +29,17 @@ def test_metrics__auroc_two_classes():
     inverted = perfect.flip(1)
     assert classification_metrics(inverted, target)["auroc"] == pytest.approx(0.0)
     assert "auroc" not in classification_metrics(one_hot_logits([0, 1, 2], 3), torch.tensor([0, 1, 2]))
+
+
+def test_average_precision__hand_computed():
+    # ranked by score: pos, neg, pos, neg -> precisions at the positives 1/1 and 2/3
+    scores, positive = torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.tensor([True, False, True, False])
+    assert average_precision(scores, positive) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_multilabel_metrics__perfect_ranking_and_classes_without_positives():
+    target = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    logits = torch.tensor([[3.0, -2, -1], [2.0, 2, -1], [-1.0, 1, -1]])
+    out = multilabel_metrics(logits, target)
+    assert out["mAP"] == 1.0 and out["micro_f1"] == 1.0 and out["n"] == 3  # class 2 has no positive
+    assert multilabel_metrics(-logits, target)["mAP"] < 0.6

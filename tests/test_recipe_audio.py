@@ -47,3 +47,21 @@ def test_bad_clip_is_named_and_skip_bad_files_counts_it(tmp_path):
     launch_recipe("audio", *args, "--skip-bad-files", direct=True)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data/skipped_files"] == 1 and metrics["data/skipped"][0][0].endswith("broken.wav")
+
+
+def test_multi_label_run_reports_mean_average_precision(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows, t = ["path,label"], np.arange(8000) / 8000
+    for i, label in enumerate(["low", "low;high", "high", "mid;high", "mid", "low;mid"] * 4):
+        freqs = {"low": 200, "mid": 800, "high": 2400}
+        wave = sum(np.sin(2 * np.pi * (freqs[p] + 10 * i) * t) for p in label.split(";"))
+        sf.write(data / f"c{i}.wav", 0.2 * wave, 8000)
+        rows.append(f"c{i}.wav,{label}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    launch_recipe("audio", *SMALL, "--data", data, "--out", out, "--max-steps", "4", "--frames", "96", direct=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("probe/mAP", "finetune/mAP", "finetune/micro_f1"):
+        assert 0 < metrics[key] <= 1, key
+    assert "finetune/balanced_accuracy" not in metrics

@@ -35,6 +35,7 @@ from modalities.common import (
 )
 
 log = logging.getLogger(__name__)
+MULTI = ";"  # separates the labels of a multi-label item in labels.csv ("dog;rain")
 FSDD_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<group>[^_]+)_\d+$")  # {digit}_{speaker}_{index}
 
 
@@ -56,11 +57,14 @@ class AudioOptions:
         },
     )
     fold: int = field(default=5, metadata={"help": "ESC-50: the fold held out (1 to 5); the other four train"})
+    mixup: float = field(default=0.5, metadata={"help": "fine-tuning mixup alpha (AudioMAE: 0.5); 0 turns it off"})
     synthetic_per_class: int = field(default=60, metadata={"help": "built-in synthetic sounds per class"})
 
     def __post_init__(self):
         if self.frames % self.patch or self.mel_bins % self.patch:
             raise ValueError(f"AudioOptions.frames and mel_bins must be multiples of patch {self.patch}")
+        if self.mixup < 0:
+            raise ValueError(f"AudioOptions.mixup must be >= 0, got {self.mixup}")
         if self.sample_rate < 1000:
             raise ValueError(f"AudioOptions.sample_rate must be at least 1000 Hz, got {self.sample_rate}")
 
@@ -101,8 +105,20 @@ class AudioDataset(Dataset):
         return len(self.features)
 
     @property
+    def multi_label(self) -> bool:
+        return any(MULTI in label for label in self.labels)
+
+    @property
     def class_ids(self) -> list[int]:
         return [self.classes.index(label) for label in self.labels]
+
+    def target(self, label: str):
+        """A class index, or for multi-label data a (classes,) 0/1 vector."""
+        if not self.multi_label:
+            return self.classes.index(label)
+        y = torch.zeros(len(self.classes))
+        y[[self.classes.index(part) for part in label.split(MULTI)]] = 1
+        return y
 
     def subset(self, indices, augment: SpecAugment | None = None) -> AudioDataset:
         pick = lambda seq: [seq[i] for i in indices]  # noqa: E731
@@ -113,7 +129,7 @@ class AudioDataset(Dataset):
         f = self.features[i]
         offset = int(torch.randint(len(f) - self.frames + 1, ())) if self.augment and len(f) > self.frames else 0
         x = fit_frames(f, self.frames, offset, floor=f.min())[None]  # (1, frames, F)
-        return {"x": self.augment(x) if self.augment else x, "y": self.classes.index(self.labels[i])}
+        return {"x": self.augment(x) if self.augment else x, "y": self.target(self.labels[i])}
 
     def statistics(self) -> tuple[float, float]:
         """Mean and std of every real (unpadded) frame: the adapter's normalisation."""
@@ -261,7 +277,8 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
     labels = [s.label for s, _ in done]
     sources = [s.group or str(s.path) for s, _ in done]
     splits = [s.split for s, _ in done]
-    dataset = AudioDataset([f for _, f in done], labels, classes or sorted(set(labels)), sources, splits, opts.frames)
+    classes = classes or sorted({part for label in labels for part in label.split(MULTI)})
+    dataset = AudioDataset([f for _, f in done], labels, classes, sources, splits, opts.frames)
     return dataset, skipped, short
 
 
@@ -287,7 +304,8 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         held, more = load_clips(
             find_clips(source.eval_data, opts.fold), opts, source.skip_bad_files, full.classes, source.progress
         )
-        check_held_out_classes(held.labels, full.classes, source.eval_data, source.data)
+        held_parts = [part for label in held.labels for part in label.split(MULTI)]
+        check_held_out_classes(held_parts, full.classes, source.eval_data, source.data)
         skipped += more
     else:
         if any(s in ("test", "val") for s in full.splits):  # the data's own split (ESC-50 fold, SC lists)
@@ -309,6 +327,7 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         adapter={"name": "audio", **asdict(adapter)},
         data_card=card,
         render=render_spectrograms,
+        multi_label=full.multi_label,
         preprocessing={"sample_rate": opts.sample_rate, "frames": opts.frames, "mel_bins": opts.mel_bins},
         info={
             "train_clips": len(train),
