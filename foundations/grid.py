@@ -104,6 +104,10 @@ class GridAdapter(Adapter):
             raise ValueError('coords="spacing" needs inputs {"image": ..., "spacing": (B, dims)}')
         return (image if ndim == dims else image[..., None]), spacing
 
+    def is_slice(self, image: torch.Tensor) -> bool:
+        """Whether a grid from ``split`` is a slice (its last axis, 1 long, stands for a patch depth)."""
+        return image.shape[-1] == 1 and self.config.patch[-1] > 1
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
@@ -114,7 +118,7 @@ class GridAdapter(Adapter):
     def embed(self, x) -> Tokens:
         image, spacing = self.split(x)
         image = self.normalize(image)
-        if image.shape[-1] == 1 and self.config.patch[-1] > 1:  # a slice: the kernel summed over depth
+        if self.is_slice(image):  # the kernel summed over depth
             conv = (F.conv1d, F.conv2d)[self.config.dims - 2]
             t = conv(image[..., 0], self.proj.weight.sum(-1), self.proj.bias, stride=self.config.patch[:-1])[..., None]
         else:
@@ -138,7 +142,7 @@ class GridAdapter(Adapter):
 
     def patchify(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> (B, N, prod(patch) * C); a slice is repeated through the patch depth."""
-        if image.shape[-1] == 1 and self.config.patch[-1] > 1:
+        if self.is_slice(image):
             image = image.expand(*image.shape[:-1], self.config.patch[-1])
         grid, tokens, patch = self._pattern()
         return rearrange(image, f"{grid} -> {tokens}", **patch)

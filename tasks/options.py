@@ -121,12 +121,11 @@ SHARED = {
 
 
 def _flag_type(annotation):
-    """(the base type, whether None is allowed) of a field annotation such as ``int | None``."""
-    args = typing.get_args(annotation)
+    """The base type of a field annotation such as ``int | None`` (str for ``str | int``)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        kinds = [a for a in args if a is not type(None)]
-        return (kinds[0] if len(kinds) == 1 else str), type(None) in args
-    return annotation, False
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kinds[0] if len(kinds) == 1 else str
+    return annotation
 
 
 def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
@@ -135,7 +134,7 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind, _ = _flag_type(hints[f.name])
+        kind = _flag_type(hints[f.name])
         names = [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
         kwargs = {"dest": f.name, "default": f.default, "help": f.metadata.get("help", "")}
         if kind is bool:

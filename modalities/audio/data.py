@@ -78,9 +78,8 @@ class AudioOptions:
 # ------------------------------------------------------------------------------------ augmentation
 @dataclass(frozen=True)
 class SpecAugment:
-    """Random time shift (roll) and SpecAugment's masks (Park et al. 2019) on a (1, T, F) filterbank,
-    in normalised units (a masked band is set to the mean, zero after the adapter's normalisation;
-    here, before it, to the clip's mean)."""
+    """Random time shift (roll) and SpecAugment's masks (Park et al. 2019) on a (1, T, F) filterbank;
+    a masked band is set to the clip's mean (the data is not yet normalised here)."""
 
     roll: bool = True
     time_mask: int = 0  # widest masked band of frames (AudioMAE fine-tunes with 48 to 192)

@@ -184,7 +184,7 @@ def load_clouds(data, n_points: int, sampling: str, skip_bad: bool, progress: bo
         samples = discover(data, EXTENSIONS)
         items = [(str(s.path), partial(read_cloud, s.path, n_points, sampling), s.label, s.split) for s in samples]
     items = tqdm(items, desc="reading point clouds", disable=None if progress else True)
-    done, skipped = read_each(items, lambda it: (it[1]()[:, :3], it[2], it[3]), skip_bad, name=lambda it: it[0])
+    done, skipped = read_each(items, lambda it: (it[1](), it[2], it[3]), skip_bad, name=lambda it: it[0])
     resampled = sum(len(points) < n_points for points, _, _ in done)
     if resampled:
         log.warning("%d clouds had fewer than %d points and are resampled with replacement", resampled, n_points)

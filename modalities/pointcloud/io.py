@@ -18,7 +18,8 @@ EXTENSIONS = CLOUD_EXTENSIONS + MESH_EXTENSIONS + ARRAY_EXTENSIONS
 
 
 def check_cloud(points: np.ndarray, source) -> np.ndarray:
-    """Reject what no model should see: no points, NaN/inf, all points equal."""
+    """xyz (N, 3) float32 of ``points`` (N, 3+; further columns dropped), rejecting what no model
+    should see: no points, NaN/inf, all points equal."""
     if points.ndim != 2 or points.shape[1] < 3:
         raise DataError(f"{source}: expected points (N, 3+), got shape {points.shape}")
     if len(points) == 0:
@@ -27,7 +28,7 @@ def check_cloud(points: np.ndarray, source) -> np.ndarray:
         raise DataError(f"{source}: NaN or infinite coordinates")
     if np.ptp(points[:, :3], axis=0).max() < 1e-9:
         raise DataError(f"{source}: degenerate point cloud (all {len(points)} points equal)")
-    return points.astype(np.float32)
+    return points[:, :3].astype(np.float32)
 
 
 def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndarray:
@@ -51,7 +52,7 @@ def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndar
                 points = np.load(path) if suffix == ".npy" else np.loadtxt(path, ndmin=2)
         except (OSError, ValueError, IndexError) as e:
             raise DataError(f"{path}: cannot read array ({e})") from None
-        return check_cloud(np.asarray(points, dtype=np.float64), path)[:, :3]
+        return check_cloud(np.asarray(points, dtype=np.float64), path)
     if suffix in MESH_EXTENSIONS or suffix == ".ply":
         mesh = o3d.io.read_triangle_mesh(str(path))
         if mesh.has_triangles():
