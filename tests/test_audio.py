@@ -1,6 +1,8 @@
 """Audio: readers, resampling and downmix, fbank parity with AudioMAE's kaldi call, layouts and
 speaker-independent splits, augmentation, bad inputs."""
 
+import struct
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -33,8 +35,8 @@ def tone(seconds=0.5, rate=8000, freq=440.0, channels=1):
 @pytest.mark.parametrize("suffix,subtype", [(".wav", "PCM_16"), (".flac", "PCM_24"), (".ogg", "VORBIS")])
 def test_read_audio__formats_resampled_to_the_target_rate(tmp_path, suffix, subtype):
     sf.write(tmp_path / f"a{suffix}", tone(0.5, 8000), 8000, subtype=subtype)
-    wave, channels = read_audio(tmp_path / f"a{suffix}", 16000)
-    assert channels == 1 and abs(len(wave) - 8000) <= 1 and wave.dtype == torch.float32
+    wave, rate, channels = read_audio(tmp_path / f"a{suffix}", 16000)
+    assert (rate, channels) == (8000, 1) and abs(len(wave) - 8000) <= 1 and wave.dtype == torch.float32
     spectrum = torch.fft.rfft(wave).abs()
     assert abs(int(spectrum.argmax()) * 16000 / len(wave) - 440) < 5  # the tone survives resampling
 
@@ -42,7 +44,7 @@ def test_read_audio__formats_resampled_to_the_target_rate(tmp_path, suffix, subt
 def test_read_audio__downmix_is_the_channel_mean(tmp_path):
     left, right = tone(0.25, 16000, 440), tone(0.25, 16000, 880)
     sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
-    wave, channels = read_audio(tmp_path / "s.wav", 16000)
+    wave, rate, channels = read_audio(tmp_path / "s.wav", 16000)
     assert channels == 2
     torch.testing.assert_close(wave, torch.from_numpy((left + right) / 2))
 
@@ -69,6 +71,15 @@ def test_fit_frames__crop_at_offset_or_pad_with_the_floor():
     assert padded.shape == (12, 3) and torch.equal(padded[10:], torch.full((2, 3), -5.0))
 
 
+def wav_bytes(tag=1, rate=8000, bits=16, channels=1, samples=800) -> bytes:
+    """A RIFF/WAVE file written by hand, so that its header can say what soundfile would not write."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    data = np.zeros(samples * channels, np.int16).tobytes()
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 @pytest.mark.parametrize(
     "case,message",
     [
@@ -76,6 +87,8 @@ def test_fit_frames__crop_at_offset_or_pad_with_the_floor():
         ("empty", "empty audio"),
         ("silent", "silent clip"),
         ("nan", "NaN or infinite samples"),
+        ("mpeg", r"unsupported sample format \(WAV format tag 0x0050"),
+        ("no_rate", r"missing sample rate \(0 Hz"),
     ],
 )
 def test_bad_clips_are_named_or_skipped_and_counted(tmp_path, case, message):
@@ -84,6 +97,8 @@ def test_bad_clips_are_named_or_skipped_and_counted(tmp_path, case, message):
     sf.write(tmp_path / "a" / "ok.wav", tone(), 8000)
     if case == "corrupt":
         bad.write_bytes(b"RIFF\x00\x00garbage" * 20)
+    elif case in ("mpeg", "no_rate"):  # a header libsndfile refuses: an MPEG codec tag, a 0 Hz rate
+        bad.write_bytes(wav_bytes(tag=0x0050 if case == "mpeg" else 1, rate=0 if case == "no_rate" else 8000))
     else:
         data = {"empty": np.zeros(0), "silent": np.zeros(4000)}.get(case)
         if case == "nan":
@@ -183,7 +198,7 @@ def test_find_clips__esc50_folds_and_source_groups(tmp_path):
         find_clips(tmp_path, fold=3)
 
 
-def test_find_clips__speech_commands_lists_and_speakers(tmp_path):
+def test_find_clips__speech_commands_lists_and_speakers(tmp_path, caplog):
     for cls in ("yes", "no", "_background_noise_"):
         (tmp_path / cls).mkdir()
         for spk in ("aa11", "bb22"):
@@ -193,6 +208,10 @@ def test_find_clips__speech_commands_lists_and_speakers(tmp_path):
     samples = find_clips(tmp_path)
     got = {(s.label, s.group): s.split for s in samples}
     assert got == {("no", "aa11"): "train", ("no", "bb22"): "test", ("yes", "aa11"): "train", ("yes", "bb22"): "val"}
+    with caplog.at_level("INFO"):
+        data = build_domain(DataSource(str(tmp_path), progress=False), AudioOptions())
+    assert data.data_card == "data_cards/speech_commands.md"  # known by its layout, not its folder name
+    assert "clips at {8000: 4} Hz (count) are resampled to 16000 Hz" in caplog.text
 
 
 def test_build_domain__the_datas_own_split_comes_first(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -261,10 +262,11 @@ def speech_commands_clips(root: Path) -> list[Sample]:
 def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classes=None, progress: bool = True):
     """Filterbanks of every readable clip -> (dataset, skipped [(path, reason)], clips shorter
     than one patch of frames, which are padded like every clip shorter than ``frames``)."""
-    channels = set()
+    rates, channels = Counter(), set()
 
     def read(s: Sample):
-        wave, n_channels = read_audio(s.path, opts.sample_rate)
+        wave, rate, n_channels = read_audio(s.path, opts.sample_rate)
+        rates[rate] += 1
         channels.add(n_channels)
         return s, fbank(wave, opts.sample_rate, opts.mel_bins)
 
@@ -272,6 +274,8 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
     done, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
     if not done:
         raise DataError("no readable audio clips among the given files")
+    if set(rates) != {opts.sample_rate}:
+        log.info("clips at %s Hz (count) are resampled to %d Hz", dict(sorted(rates.items())), opts.sample_rate)
     if max(channels) > 1:
         log.info("multi-channel clips (up to %d channels) are downmixed to mono", max(channels))
     short = [str(s.path) for s, f in done if len(f) < opts.patch]
@@ -288,6 +292,19 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
 
 
 KNOWN_CARDS = {"fsdd_recordings": "data_cards/fsdd.md"}
+LAYOUT_CARDS = {"meta/esc50.csv": "data_cards/esc50.md", "testing_list.txt": "data_cards/speech_commands.md"}
+
+
+def audio_card(root) -> str:
+    """The card of a known folder, else of the dataset whose layout the folder has (ESC-50, Speech
+    Commands), else a note naming the folder."""
+    card = data_card(root, KNOWN_CARDS)
+    if card.startswith("data_cards/"):
+        return card
+    for marker, layout_card in LAYOUT_CARDS.items():
+        if (Path(root) / marker).is_file():
+            return layout_card
+    return card
 
 
 def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
@@ -303,7 +320,7 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         samples = find_clips(source.data, opts.fold)
         require_classes([s.label for s in samples], source.data)
         full, skipped, short = load_clips(samples, opts, source.skip_bad_files, progress=source.progress)
-        card = data_card(source.data, KNOWN_CARDS)
+        card = audio_card(source.data)
     if source.eval_data is not None:
         train = full
         held, more = load_clips(

@@ -3,6 +3,9 @@ downmixed to mono and resampled (torchaudio), and AudioMAE's kaldi filterbank.""
 
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
 import numpy as np
 import soundfile as sf
 import torch
@@ -15,12 +18,44 @@ SILENCE = 1e-6  # peak amplitude below which a clip counts as silent
 HOP_MS = 10.0  # AudioMAE's frame shift
 
 
-def read_audio(path, sample_rate: int) -> tuple[torch.Tensor, int]:
-    """(mono waveform (N,) float32 at ``sample_rate``, channels in the file)."""
+# WAV format tags libsndfile decodes: PCM, ADPCM, IEEE float, A-law, mu-law, IMA ADPCM, GSM, extensible
+WAV_TAGS = {0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0x0031, 0xFFFE}
+
+
+def wav_header_problem(path) -> str | None:
+    """What a RIFF/WAVE header declares that makes it unreadable (a zero sample rate, no channels,
+    a codec libsndfile lacks), in words; None when the header looks fine or is not a WAV header.
+    libsndfile's own messages for these ("SF_INFO struct incomplete") do not say what is wrong."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 24 <= len(head):
+        chunk, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if chunk == b"fmt ":
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", head[pos + 8 : pos + 24])
+            if rate == 0:
+                return "missing sample rate (0 Hz in the WAV header)"
+            if channels == 0:
+                return "no channels in the WAV header"
+            if tag not in WAV_TAGS:
+                return (
+                    f"unsupported sample format (WAV format tag 0x{tag:04x}, {bits} bits); "
+                    "convert it to PCM or float WAV, FLAC or OGG"
+                )
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def read_audio(path, sample_rate: int) -> tuple[torch.Tensor, int, int]:
+    """(mono waveform (N,) float32 at ``sample_rate``, the file's sample rate, its channels)."""
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: cannot read audio ({e})") from None
+        problem = wav_header_problem(path) if Path(path).is_file() else None
+        raise DataError(f"{path}: cannot read audio ({problem or e})") from None
     if rate is None or rate <= 0:
         raise DataError(f"{path}: missing or invalid sample rate {rate}")
     if len(data) == 0:
@@ -32,7 +67,7 @@ def read_audio(path, sample_rate: int) -> tuple[torch.Tensor, int]:
     wave = torch.from_numpy(data.mean(1))  # downmix to mono
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
-    return wave, data.shape[1]
+    return wave, rate, data.shape[1]
 
 
 def fbank(wave: torch.Tensor, sample_rate: int, mel_bins: int = 128) -> torch.Tensor:
