@@ -45,6 +45,7 @@ class DecoderConfig:
 # Decoders sized for each encoder preset: MAE's 512 x 8 for base and up, lighter below.
 DECODER_PRESETS = {
     "micro": DecoderConfig(dim=64, depth=1, heads=2),
+    "mini": DecoderConfig(dim=128, depth=2, heads=4),
     "tiny": DecoderConfig(dim=128, depth=2, heads=4),
     "small": DecoderConfig(dim=256, depth=4, heads=8),
     "base": DecoderConfig(dim=512, depth=8, heads=16),

@@ -51,6 +51,7 @@ class EncoderConfig:
 
 PRESETS = {
     "micro": EncoderConfig(dim=64, depth=2, heads=2),  # smoke runs and tests on a laptop CPU
+    "mini": EncoderConfig(dim=128, depth=4, heads=4),  # real data on a CPU in minutes
     "tiny": EncoderConfig(dim=192, depth=12, heads=3),
     "small": EncoderConfig(dim=384, depth=12, heads=6),
     "base": EncoderConfig(dim=768, depth=12, heads=12),

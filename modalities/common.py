@@ -65,6 +65,9 @@ class DomainData:
     held_out_augmented: Dataset | None = None  # held-out split with test-time augmentation (voting)
     multi_label: bool = False  # "y" is (classes,) 0/1, several classes per item
     preprocessing: dict = field(default_factory=dict)  # saved with the encoder: how to prepare new inputs
+    # raw_features(dataset) -> (features (N, F), targets): the raw input reduced the obvious way for
+    # the modality (e.g. time-pooled fbank statistics), the probe's baseline
+    raw_features: Callable | None = None
 
 
 def read_each(items: Iterable, read: Callable, skip_bad: bool, name=str) -> tuple[list, list]:

@@ -16,7 +16,8 @@ from foundations.checkpoint import load_state
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
 from foundations.metrics import classification_metrics, multilabel_metrics
 from foundations.train import TrainConfig, fit
-from modalities import load_encoder
+from foundations.vit import Encoder
+from modalities import build_adapter, load_encoder
 from modalities.common import DomainData
 from tasks.options import FinetuneOptions
 from tasks.session import Session, check_encoder
@@ -73,11 +74,33 @@ def finetune_config(opts: FinetuneOptions, steps: int, batch_size: int, checkpoi
 
 
 def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions) -> dict:
+    """The linear probe on the encoder's pooled features; with ``opts.probe_baselines`` the same
+    probe on a randomly initialised encoder of the same shape (``probe_random_init/``) and, where the
+    domain has them, on features of the raw input (``probe_raw_input/``, ``DomainData.raw_features``),
+    so that a table shows at a glance what pretraining added."""
     check_encoder(encoder_dir, data.adapter)
     acc = session.acc
     encoder = load_encoder(encoder_dir, acc.device)
-    train_x, train_y = predict(encoder, data.train_eval, session, key="features")
-    eval_x, eval_y = predict(encoder, data.held_out, session, key="features")
+    results = linear_probe(session, data, encoder, opts, "probe")
+    if opts.probe_baselines:
+        torch.manual_seed(session.seed)
+        random_init = Encoder(build_adapter(data.adapter, encoder.cfg.dim), encoder.cfg).to(acc.device)
+        results |= linear_probe(session, data, random_init, opts, "probe_random_init")
+        if data.raw_features is not None:
+            raw = (*data.raw_features(data.train_eval), *data.raw_features(data.held_out))
+            results |= linear_probe(session, data, raw, opts, "probe_raw_input")
+    return results
+
+
+def linear_probe(session: Session, data: DomainData, features, opts: FinetuneOptions, stage: str) -> dict:
+    """A linear head (BatchNorm without affine, then linear: MAE's protocol) on frozen features:
+    an encoder's pooled features, or given (train x, train y, held-out x, held-out y)."""
+    acc = session.acc
+    if isinstance(features, torch.nn.Module):
+        train_x, train_y = predict(features, data.train_eval, session, key="features")
+        eval_x, eval_y = predict(features, data.held_out, session, key="features")
+    else:
+        train_x, train_y, eval_x, eval_y = features
     head = LinearProbeHead(train_x.shape[1], len(data.classes))
     model = Classifier(None, head, class_weights=weights(data, train_y), multi_label=data.multi_label)
     dl = session.loader(TensorDataset(train_x, train_y), shuffle=True, batch_size=256)
@@ -90,11 +113,11 @@ def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneO
         clip_grad=None,
         checkpoint_every=opts.probe_steps,
     )
-    fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, acc, session.out, "probe", resume=session.run.resume)
+    fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, acc, session.out, stage, resume=session.run.resume)
     model = acc.unwrap_model(model).eval()
     with torch.no_grad():
         logits = model(eval_x.to(acc.device)).logits.cpu()
-    return {f"probe/{k}": v for k, v in metrics(data, logits, eval_y).items()}
+    return {f"{stage}/{k}": v for k, v in metrics(data, logits, eval_y).items()}
 
 
 def finetune(

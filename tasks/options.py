@@ -82,6 +82,13 @@ class PretrainOptions:
 @dataclass(frozen=True)
 class FinetuneOptions:
     probe_steps: int = field(default=300, metadata={"help": "linear-probe optimizer steps"})
+    probe_baselines: bool = field(
+        default=True,
+        metadata={
+            "help": "also probe a randomly initialised encoder of the same shape and, where the "
+            "modality defines them, features of the raw input (probe_random_init/, probe_raw_input/)"
+        },
+    )
     finetune_steps: int = field(default=120, metadata={"help": "fine-tuning optimizer steps"})
     finetune_lr: float = field(
         default=2e-2,

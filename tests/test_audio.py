@@ -13,6 +13,7 @@ from foundations.grid import GridConfig
 from modalities.audio.adapter import AudioAdapter
 from modalities.audio.data import (
     SYNTHETIC_CLASSES,
+    AudioDataset,
     AudioOptions,
     SpecAugment,
     build_domain,
@@ -235,3 +236,12 @@ def test_multi_label__labels_csv_with_several_labels_per_clip(tmp_path):
     assert data.multi_label and data.classes == ["dog", "rain", "wind"]
     ys = {tuple(data.train_eval[i]["y"].tolist()) for i in range(len(data.train_eval))}
     assert ys <= {(1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (1, 0, 1)} and len(ys) > 2
+
+
+def test_pooled__mean_and_std_over_each_clips_real_frames():
+    features = [torch.randn(30, 8), torch.randn(5, 8) + 3, torch.randn(1, 8)]  # one clip of a single frame
+    dataset = AudioDataset(features, ["a", "b", "a"], ["a", "b"], ["s0", "s1", "s2"], [None] * 3, frames=16)
+    x, y = dataset.pooled()
+    assert x.shape == (3, 16) and y.tolist() == [0, 1, 0]
+    torch.testing.assert_close(x[1], torch.cat([features[1].mean(0), features[1].std(0)]))  # no padding counted
+    torch.testing.assert_close(x[2, 8:], torch.zeros(8))

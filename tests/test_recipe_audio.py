@@ -24,6 +24,8 @@ def test_two_process_run_on_synthetic_sounds(tmp_path):
     assert metrics["run/processes"] == 2 and metrics["pretrain/steps"] == 6 and len(metrics["data/classes"]) == 8
     for key in ("pretrain/eval_loss", "pretrain/eval_loss_patch_mean", "probe/balanced_accuracy", "finetune/accuracy"):
         assert np.isfinite(metrics[key]), key
+    for baseline in ("probe_random_init", "probe_raw_input"):  # the probe's honest baselines, same table
+        assert 0 <= metrics[f"{baseline}/balanced_accuracy"] <= 1, baseline
     picture = np.asarray(Image.open(out / "reconstructions" / "step_000006.png"))
     assert picture.shape == (3 * 128, 8 * 96)  # mel bins up, frames across; 8 held-out clips
     encoder = load_encoder(out / "encoder")
@@ -62,6 +64,8 @@ def test_multi_label_run_reports_mean_average_precision(tmp_path):
     out = tmp_path / "out"
     launch_recipe("audio", *SMALL, "--data", data, "--out", out, "--max-steps", "4", "--frames", "96", direct=True)
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("probe/mAP", "finetune/mAP", "finetune/micro_f1"):
+    for key in ("probe/mAP", "finetune/mAP", "finetune/micro_f1", "probe_random_init/mAP"):
         assert 0 < metrics[key] <= 1, key
+    # three tones at fixed pitches: the pooled filterbank names them, far above label frequency (0.5)
+    assert metrics["probe_raw_input/mAP"] > 0.9, metrics
     assert "finetune/balanced_accuracy" not in metrics

@@ -137,6 +137,15 @@ class AudioDataset(Dataset):
         x = fit_frames(f, self.frames, offset, floor=f.min())[None]  # (1, frames, F)
         return {"x": self.augment(x) if self.augment else x, "y": self.target(self.labels[i])}
 
+    def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw-input baseline: mean and std over time of every clip's real frames -> (N, 2F),
+        with the targets (N,) or (N, classes)."""
+        x = torch.stack(
+            [torch.cat([f.mean(0), f.std(0) if len(f) > 1 else torch.zeros_like(f[0])]) for f in self.features]
+        )
+        targets = [self.target(label) for label in self.labels]
+        return x, torch.stack(targets) if self.multi_label else torch.tensor(targets)
+
     def statistics(self) -> tuple[float, float]:
         """Mean and std of every real (unpadded) frame: the adapter's normalisation."""
         values = torch.cat([f.flatten() for f in self.features]).double()
@@ -350,6 +359,7 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         data_card=card,
         render=render_spectrograms,
         multi_label=full.multi_label,
+        raw_features=AudioDataset.pooled,
         preprocessing={"sample_rate": opts.sample_rate, "frames": opts.frames, "mel_bins": opts.mel_bins},
         info={
             "train_clips": len(train),
