@@ -11,6 +11,7 @@ prediction back to the input space. The core only ever sees what these methods r
     unpatchify(values, x')-> x-shaped tensor      (inverse of ``targets`` on full token sets)
     loss(pred, target, w) -> scalar               (default: masked MSE; point clouds use Chamfer)
     baselines(target, w)  -> {name: pred}         trivial predictions a trained model should beat
+    pool(tokens, x')      -> (B, pooled_dim(D))   the encoder's mean features (default: mean of all)
 
 ``valid`` is an optional element mask of the input's shape (1 = counts in the loss), e.g. the
 imaged sector of an ultrasound frame. Coordinates may be grid indices, physical positions or
@@ -88,6 +89,14 @@ class Adapter(nn.Module):
     def baselines(self, target, weights=None, norm_target: bool = False) -> dict[str, torch.Tensor]:
         """Trivial predictions of ``target`` (B, M, P), in the units the loss compares."""
         return {"zero": torch.zeros_like(target)}
+
+    def pool(self, tokens: torch.Tensor, x) -> torch.Tensor:
+        """(B, N, D) final tokens of inputs ``x`` -> (B, pooled_dim(D)) features: their mean, unless
+        the token layout has an axis worth keeping (a spectrogram's frequency bands)."""
+        return tokens.mean(1)
+
+    def pooled_dim(self, dim: int) -> int:
+        return dim
 
     def config_dict(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self.config)}

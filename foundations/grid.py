@@ -46,6 +46,9 @@ class GridConfig:
     std: tuple[float, ...] = (1.0,)
     coords: str = "index"  # index | spacing
     slices: bool = False  # also embed inputs without the last spatial axis (2-D slices of 3-D)
+    # features: tokens averaged over every axis but the last, one vector per patch along the last
+    # axis, concatenated (a spectrogram keeps its frequency bands; their mean would mix them up)
+    keep_last_axis: bool = False
 
     def __post_init__(self):
         for name, kind in (("patch", int), ("size", int), ("mean", float), ("std", float)):
@@ -65,6 +68,8 @@ class GridConfig:
             raise ValueError(f"GridConfig.coords must be one of {COORDS}, got {self.coords!r}")
         if self.slices and len(self.patch) < 2:
             raise ValueError("GridConfig.slices needs at least two spatial axes")
+        if self.keep_last_axis and (len(self.patch) < 2 or self.slices):
+            raise ValueError("GridConfig.keep_last_axis needs at least two spatial axes and no slices")
 
     @property
     def dims(self) -> int:
@@ -139,6 +144,18 @@ class GridAdapter(Adapter):
         grid = "b c " + " ".join(f"({a} p{i})" for i, a in enumerate(axes))
         tokens = f"b ({' '.join(axes)}) ({' '.join(f'p{i}' for i in range(len(axes)))} c)"
         return grid, tokens, {f"p{i}": p for i, p in enumerate(self.config.patch)}
+
+    def pool(self, tokens: torch.Tensor, x) -> torch.Tensor:
+        if not self.config.keep_last_axis:
+            return tokens.mean(1)
+        image, _ = self.split(x)
+        if image.shape[-1] != self.config.size[-1]:
+            raise ValueError(f"keep_last_axis features need the last axis at {self.config.size[-1]}, got {image.shape}")
+        B, _, D = tokens.shape
+        return tokens.reshape(B, -1, self.config.size[-1] // self.config.patch[-1], D).mean(1).flatten(1)
+
+    def pooled_dim(self, dim: int) -> int:
+        return dim * (self.config.size[-1] // self.config.patch[-1] if self.config.keep_last_axis else 1)
 
     def patchify(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> (B, N, prod(patch) * C); a slice is repeated through the patch depth."""

@@ -31,7 +31,7 @@ class EncoderConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     cls_token: bool = False
-    pool: str = "mean"  # features: mean | max | cls | cls+max (Point-MAE's head) of the final tokens
+    pool: str = "mean"  # features: mean (as the adapter pools) | max | cls | cls+max (Point-MAE's head)
     layer_scale: float | None = None  # init value of LayerScale, None = off
     grad_checkpointing: bool = False
 
@@ -149,7 +149,8 @@ class Encoder(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return self.cfg.dim * (2 if self.cfg.pool == "cls+max" else 1)
+        dims = {"mean": self.adapter.pooled_dim(self.cfg.dim), "cls+max": 2 * self.cfg.dim}
+        return dims.get(self.cfg.pool, self.cfg.dim)
 
     def forward_tokens(self, tokens, coords, ids_keep=None, hidden=None) -> torch.Tensor:
         """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
@@ -171,11 +172,12 @@ class Encoder(nn.Module):
         return [(last if i == len(self.blocks) else hidden[i])[:, self.n_prefix :] for i in layers]
 
     def forward(self, x) -> EncoderOutput:
-        tokens, coords = self.adapter.embed(self.adapter.tokenize(x))
+        x = self.adapter.tokenize(x)
+        tokens, coords = self.adapter.embed(x)
         out = self.forward_tokens(tokens, coords)
         patch = out[:, self.n_prefix :]  # (B, N, D)
         pooled = {
-            "mean": lambda: patch.mean(1),
+            "mean": lambda: self.adapter.pool(patch, x),  # (B, adapter.pooled_dim(D))
             "max": lambda: patch.amax(1),
             "cls": lambda: out[:, 0],
             "cls+max": lambda: torch.cat([out[:, 0], patch.amax(1)], dim=-1),

@@ -97,14 +97,30 @@ EXAMPLES = {
     ),
     # AudioMAE fbank: (time, frequency), one channel, any number of frames
     "audio": lambda: (
-        {"name": "audio", "channels": 1, "patch": [4, 4], "size": [16, 8], "mean": [-4.3], "std": [4.6]},
+        {
+            "name": "audio",
+            "channels": 1,
+            "patch": [4, 4],
+            "size": [16, 8],
+            "mean": [-4.3],
+            "std": [4.6],
+            "keep_last_axis": True,
+        },
         torch.randn(2, 1, 28, 8),
         None,
         normalized,
         True,
     ),
     "audio:long": lambda: (
-        {"name": "audio", "channels": 1, "patch": [4, 4], "size": [16, 8], "mean": [-4.3], "std": [4.6]},
+        {
+            "name": "audio",
+            "channels": 1,
+            "patch": [4, 4],
+            "size": [16, 8],
+            "mean": [-4.3],
+            "std": [4.6],
+            "keep_last_axis": True,
+        },
         torch.randn(2, 1, 64, 8),
         None,
         normalized,
@@ -140,6 +156,7 @@ def test_contract__shapes(example):
     assert coords.shape == (B, N, adapter.coord_dim) and coords.is_floating_point()
     assert values.shape == (B, N, adapter.target_dim)
     assert weights is None or weights.shape == values.shape
+    assert adapter.pool(tokens, x).shape == (B, adapter.pooled_dim(adapter.dim))
 
 
 def test_contract__targets_unpatchify_round_trip(example):

@@ -159,6 +159,21 @@ def test_adapter__clips_of_any_length_through_the_same_weights():
     torch.testing.assert_close(long.coords[0, :32], short.coords[0])  # the same (time, frequency) grid
 
 
+def test_adapter__features_keep_the_frequency_bands():
+    """Pooled features are the time-averaged token of each frequency band, band after band: the
+    filterbank's spectral shape survives (a plain mean over tokens would mix the bands)."""
+    adapter = AudioAdapter(GridConfig(1, (16, 16), (128, 64), (-6.0,), (4.0,), keep_last_axis=True), 32)
+    for frames in (64, 256):  # any clip length: the same feature size
+        x = torch.randn(2, 1, frames, 64)
+        coords = adapter.embed(x).coords  # (B, N, 2): (time, frequency) index of every token
+        tokens = coords[..., 1:2].expand(-1, -1, 32) + coords[..., :1] * 0.0  # a token holds its band index
+        features = adapter.pool(tokens, x)
+        assert features.shape == (2, 4 * 32) == (2, adapter.pooled_dim(32))
+        torch.testing.assert_close(features.view(2, 4, 32), torch.arange(4.0)[None, :, None].expand(2, 4, 32))
+    with pytest.raises(ValueError, match="last axis at 64"):
+        adapter.pool(tokens[:, :8], torch.randn(2, 1, 64, 32))
+
+
 def test_synthetic_set__every_class_is_a_distinct_sound():
     rng = np.random.default_rng(0)
     spectra = {}

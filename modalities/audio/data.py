@@ -347,7 +347,9 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
             train_idx, held_idx = stratified_split(full.labels, full.sources, 0.2, source.seed)
         train, held = full.subset(train_idx), full.subset(held_idx)
     mean, std = train.statistics()
-    adapter = GridConfig(1, (opts.patch, opts.patch), (opts.frames, opts.mel_bins), (mean,), (std,))
+    adapter = GridConfig(
+        1, (opts.patch, opts.patch), (opts.frames, opts.mel_bins), (mean,), (std,), keep_last_axis=True
+    )
     everything = range(len(train))
     return DomainData(
         pretrain=train.subset(everything, SpecAugment()),
