@@ -16,6 +16,7 @@ from modalities.audio.data import (
     AudioDataset,
     AudioOptions,
     SpecAugment,
+    StreamedFbanks,
     build_domain,
     find_clips,
     load_clips,
@@ -260,3 +261,22 @@ def test_pooled__mean_and_std_over_each_clips_real_frames():
     assert x.shape == (3, 16) and y.tolist() == [0, 1, 0]
     torch.testing.assert_close(x[1], torch.cat([features[1].mean(0), features[1].std(0)]))  # no padding counted
     torch.testing.assert_close(x[2, 8:], torch.zeros(8))
+
+
+def test_large_datasets_stream_their_filterbanks_through_workers(tmp_path):
+    """Beyond --cache-mb the clips are read per item (in DataLoader workers) and give exactly the
+    items the in-memory dataset gives; bad headers are still caught up front."""
+    (tmp_path / "a").mkdir()
+    for i in range(4):
+        sf.write(tmp_path / "a" / f"{i}.wav", tone(0.3 + 0.1 * i, freq=300 + 100 * i), 8000)
+    (tmp_path / "a" / "bad.wav").write_bytes(wav_bytes(rate=0))
+    samples = [Sample(p, "a") for p in sorted((tmp_path / "a").glob("*.wav"))]
+    kept, skipped, _ = load_clips(samples, AudioOptions(frames=32), skip_bad=True, progress=False)
+    streamed, skipped_too, _ = load_clips(samples, AudioOptions(frames=32, cache_mb=0), skip_bad=True, progress=False)
+    assert isinstance(streamed.features, StreamedFbanks) and isinstance(kept.features, list)
+    assert [p for p, _ in skipped_too] == [p for p, _ in skipped] == [str(tmp_path / "a" / "bad.wav")]
+    part = streamed.subset([3, 1])
+    assert isinstance(part.features, StreamedFbanks)
+    loader = torch.utils.data.DataLoader(part, batch_size=2, num_workers=2)
+    torch.testing.assert_close(next(iter(loader))["x"], torch.stack([kept[3]["x"], kept[1]["x"]]))
+    assert streamed.statistics() == pytest.approx(kept.statistics())

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from foundations.grid import GridConfig
-from modalities.audio.io import EXTENSIONS, fbank, fit_frames, read_audio
+from modalities.audio.io import EXTENSIONS, HOP_MS, fbank, fit_frames, read_audio, wav_header_problem
 from modalities.common import (
     DataError,
     DataSource,
@@ -66,6 +67,13 @@ class AudioOptions:
         },
     )
     synthetic_per_class: int = field(default=60, metadata={"help": "built-in synthetic sounds per class"})
+    cache_mb: int = field(
+        default=4096,
+        metadata={
+            "help": "filterbanks of a dataset up to this size (MB) are computed once and kept in memory; a "
+            "larger one is read and computed per item in the data-loading workers (--workers)"
+        },
+    )
 
     def __post_init__(self):
         if self.frames % self.patch or self.mel_bins % self.patch:
@@ -99,6 +107,24 @@ class SpecAugment:
         return x
 
 
+class StreamedFbanks:
+    """The filterbanks of clips too many to keep in memory, read and computed when an item is
+    asked for (in the data-loading workers); a sequence like the list of tensors it stands for."""
+
+    def __init__(self, paths: list, opts: AudioOptions):
+        self.paths, self.opts = list(paths), opts
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i) -> torch.Tensor:
+        wave, _, _ = read_audio(self.paths[i], self.opts.sample_rate)
+        return fbank(wave, self.opts.sample_rate, self.opts.mel_bins)
+
+    def subset(self, indices) -> StreamedFbanks:
+        return StreamedFbanks([self.paths[i] for i in indices], self.opts)
+
+
 class AudioDataset(Dataset):
     """Filterbanks (T_i, F) in memory; items {"x": (1, frames, F), "y": class index}. Training views
     crop a random window of longer clips; evaluation views take the first ``frames``."""
@@ -127,7 +153,7 @@ class AudioDataset(Dataset):
         return y
 
     def subset(self, indices, augment: SpecAugment | None = None) -> AudioDataset:
-        pick = lambda seq: [seq[i] for i in indices]  # noqa: E731
+        pick = lambda seq: seq.subset(indices) if isinstance(seq, StreamedFbanks) else [seq[i] for i in indices]  # noqa: E731
         features, labels, sources, splits = (pick(a) for a in (self.features, self.labels, self.sources, self.splits))
         return AudioDataset(features, labels, self.classes, sources, splits, self.frames, augment)
 
@@ -146,9 +172,13 @@ class AudioDataset(Dataset):
         targets = [self.target(label) for label in self.labels]
         return x, torch.stack(targets) if self.multi_label else torch.tensor(targets)
 
-    def statistics(self) -> tuple[float, float]:
-        """Mean and std of every real (unpadded) frame: the adapter's normalisation."""
-        values = torch.cat([f.flatten() for f in self.features]).double()
+    def statistics(self, most: int = 512) -> tuple[float, float]:
+        """Mean and std of the real (unpadded) frames of every clip, or of ``most`` clips drawn at
+        random when the filterbanks are streamed: the adapter's normalisation."""
+        clips = range(len(self))
+        if isinstance(self.features, StreamedFbanks) and len(self) > most:
+            clips = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:most].tolist()
+        values = torch.cat([self.features[i].flatten() for i in clips]).double()
         return values.mean().item(), max(values.std().item(), 1e-6)
 
 
@@ -268,10 +298,31 @@ def speech_commands_clips(root: Path) -> list[Sample]:
     return samples
 
 
+def read_header(path) -> tuple[int, int, int]:
+    """(frames at the file's rate, sample rate, channels) from the header alone; a clear error for
+    a file that cannot be opened or holds no samples."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: cannot read audio ({wav_header_problem(path) or e})") from None
+    if info.frames == 0:
+        raise DataError(f"{path}: empty audio (no samples)")
+    return info.frames, info.samplerate, info.channels
+
+
 def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classes=None, progress: bool = True):
     """Filterbanks of every readable clip -> (dataset, skipped [(path, reason)], clips shorter
-    than one patch of frames, which are padded like every clip shorter than ``frames``)."""
+    than one patch of frames, which are padded like every clip shorter than ``frames``).
+
+    Up to ``opts.cache_mb`` of filterbanks (estimated from the headers) are computed here and kept;
+    beyond, only the headers are checked here and every item is read when it is asked for
+    (``StreamedFbanks``), so a silent or NaN clip then stops the run when it is first read."""
     rates, channels = Counter(), set()
+    bar = tqdm(samples, desc="audio headers", disable=None if progress else True)
+    headers, skipped = read_each(bar, lambda s: (s, *read_header(s.path)), skip_bad, name=lambda s: str(s.path))
+    frames = [n / rate * 1000 / HOP_MS for _, n, rate, _ in headers]  # filterbank frames of every clip
+    megabytes = sum(frames) * opts.mel_bins * 4 / 2**20
+    streamed = megabytes > opts.cache_mb
 
     def read(s: Sample):
         wave, rate, n_channels = read_audio(s.path, opts.sample_rate)
@@ -279,15 +330,26 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
         channels.add(n_channels)
         return s, fbank(wave, opts.sample_rate, opts.mel_bins)
 
-    samples = tqdm(samples, desc="reading audio", disable=None if progress else True)
-    done, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
+    if streamed:
+        log.info(
+            "%d clips, about %.0f MB of filterbanks: computed per item in the data-loading workers",
+            len(headers),
+            sum(frames) * opts.mel_bins * 4 / 2**20,
+        )
+        done = [(s, len_) for (s, _, _, _), len_ in zip(headers, frames, strict=True)]
+        rates.update(rate for _, _, rate, _ in headers)
+        channels.update(c for _, _, _, c in headers)
+    else:
+        todo = tqdm([s for s, *_ in headers], desc="reading audio", disable=None if progress else True)
+        done, more = read_each(todo, read, skip_bad, name=lambda s: str(s.path))
+        skipped += more
     if not done:
         raise DataError("no readable audio clips among the given files")
     if set(rates) != {opts.sample_rate}:
         log.info("clips at %s Hz (count) are resampled to %d Hz", dict(sorted(rates.items())), opts.sample_rate)
     if max(channels) > 1:
         log.info("multi-channel clips (up to %d channels) are downmixed to mono", max(channels))
-    short = [str(s.path) for s, f in done if len(f) < opts.patch]
+    short = [str(s.path) for s, f in done if (f if streamed else len(f)) < opts.patch]
     if short:
         log.warning(
             "%d clips are shorter than one patch (%d frames), e.g. %s; padded", len(short), opts.patch, short[0]
@@ -296,7 +358,8 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
     sources = [s.group or str(s.path) for s, _ in done]
     splits = [s.split for s, _ in done]
     classes = classes or sorted({part for label in labels for part in label.split(MULTI)})
-    dataset = AudioDataset([f for _, f in done], labels, classes, sources, splits, opts.frames)
+    features = StreamedFbanks([s.path for s, _ in done], opts) if streamed else [f for _, f in done]
+    dataset = AudioDataset(features, labels, classes, sources, splits, opts.frames)
     return dataset, skipped, short
 
 
