@@ -91,6 +91,7 @@ def wav_bytes(tag=1, rate=8000, bits=16, channels=1, samples=800) -> bytes:
         ("nan", "NaN or infinite samples"),
         ("mpeg", r"unsupported sample format \(WAV format tag 0x0050"),
         ("no_rate", r"missing sample rate \(0 Hz"),
+        ("truncated", "truncated: the header declares 1600 bytes of samples, the file holds 800"),
     ],
 )
 def test_bad_clips_are_named_or_skipped_and_counted(tmp_path, case, message):
@@ -101,6 +102,8 @@ def test_bad_clips_are_named_or_skipped_and_counted(tmp_path, case, message):
         bad.write_bytes(b"RIFF\x00\x00garbage" * 20)
     elif case in ("mpeg", "no_rate"):  # a header libsndfile refuses: an MPEG codec tag, a 0 Hz rate
         bad.write_bytes(wav_bytes(tag=0x0050 if case == "mpeg" else 1, rate=0 if case == "no_rate" else 8000))
+    elif case == "truncated":  # cut short mid-samples, as an interrupted copy leaves it
+        bad.write_bytes(wav_bytes(samples=800)[:-800])
     else:
         data = {"empty": np.zeros(0), "silent": np.zeros(4000)}.get(case)
         if case == "nan":

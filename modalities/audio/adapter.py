@@ -15,6 +15,7 @@ from foundations.masking import MaskConfig
 
 class AudioAdapter(GridAdapter):
     name = "audio"
-    # AudioMAE: unstructured random masking of 80 % of the patches; per-patch normalised targets of
-    # a spectrogram are mostly noise, so raw (dataset-normalised) log-mel values are reconstructed
-    defaults = ModelDefaults(MaskConfig("random", 0.8), norm_target=False)
+    # AudioMAE: unstructured random masking of 80 % of the patches. Per-patch normalised targets
+    # (MAE's norm_pix_loss): on FSDD with a speaker held out, 3000 steps of a mini encoder gave
+    # probe features of 0.47-0.55 balanced accuracy with them against 0.35-0.42 without
+    defaults = ModelDefaults(MaskConfig("random", 0.8), norm_target=True)

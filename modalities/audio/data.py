@@ -307,6 +307,8 @@ def read_header(path) -> tuple[int, int, int]:
         raise DataError(f"{path}: cannot read audio ({wav_header_problem(path) or e})") from None
     if info.frames == 0:
         raise DataError(f"{path}: empty audio (no samples)")
+    if problem := wav_header_problem(path):
+        raise DataError(f"{path}: {problem}")
     return info.frames, info.samplerate, info.channels
 
 

@@ -23,17 +23,19 @@ WAV_TAGS = {0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0x0031, 0xFFFE}
 
 
 def wav_header_problem(path) -> str | None:
-    """What a RIFF/WAVE header declares that makes it unreadable (a zero sample rate, no channels,
-    a codec libsndfile lacks), in words; None when the header looks fine or is not a WAV header.
-    libsndfile's own messages for these ("SF_INFO struct incomplete") do not say what is wrong."""
+    """What a RIFF/WAVE header says is wrong with the file, in words: a zero sample rate, no
+    channels, a codec libsndfile lacks, or fewer sample bytes than the header declares (a file cut
+    short, which libsndfile would read in part without a word); None when the header looks fine
+    or is not a WAV header. libsndfile's own messages ("SF_INFO struct incomplete") do not say."""
     with open(path, "rb") as f:
         head = f.read(4096)
+        file_size = f.seek(0, 2)
     if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         return None
     pos = 12
-    while pos + 24 <= len(head):
+    while pos + 8 <= len(head):
         chunk, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
-        if chunk == b"fmt ":
+        if chunk == b"fmt " and pos + 24 <= len(head):
             tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", head[pos + 8 : pos + 24])
             if rate == 0:
                 return "missing sample rate (0 Hz in the WAV header)"
@@ -44,6 +46,10 @@ def wav_header_problem(path) -> str | None:
                     f"unsupported sample format (WAV format tag 0x{tag:04x}, {bits} bits); "
                     "convert it to PCM or float WAV, FLAC or OGG"
                 )
+        if chunk == b"data":
+            held = file_size - pos - 8
+            if 0 < size < 0xFFFFFFFF and held < size:  # 0 and 0xFFFFFFFF: length left open by a streaming writer
+                return f"truncated: the header declares {size} bytes of samples, the file holds {held}"
             return None
         pos += 8 + size + (size & 1)
     return None
