@@ -50,6 +50,9 @@ def grouped_points(adapter, x):
     return torch.stack(out)
 
 
+# AudioMAE fbank: (time, frequency), one channel; features keep the mel bands, as the recipe builds it
+AUDIO = dict(name="audio", channels=1, patch=[4, 4], size=[16, 8], mean=[-4.3], std=[4.6], keep_last_axis=True)
+
 # name -> () -> (config, input x, valid, expected unpatchify(targets(x)), exact?)
 EXAMPLES = {
     "image2d": lambda: (
@@ -97,30 +100,14 @@ EXAMPLES = {
     ),
     # AudioMAE fbank: (time, frequency), one channel, any number of frames
     "audio": lambda: (
-        {
-            "name": "audio",
-            "channels": 1,
-            "patch": [4, 4],
-            "size": [16, 8],
-            "mean": [-4.3],
-            "std": [4.6],
-            "keep_last_axis": True,
-        },
+        AUDIO,
         torch.randn(2, 1, 28, 8),
         None,
         normalized,
         True,
     ),
     "audio:long": lambda: (
-        {
-            "name": "audio",
-            "channels": 1,
-            "patch": [4, 4],
-            "size": [16, 8],
-            "mean": [-4.3],
-            "std": [4.6],
-            "keep_last_axis": True,
-        },
+        AUDIO,
         torch.randn(2, 1, 64, 8),
         None,
         normalized,

@@ -125,8 +125,12 @@ class StreamedFbanks:
         return StreamedFbanks([self.paths[i] for i in indices], self.opts)
 
 
+def take(items, indices) -> list | StreamedFbanks:
+    return items.subset(indices) if isinstance(items, StreamedFbanks) else [items[i] for i in indices]
+
+
 class AudioDataset(Dataset):
-    """Filterbanks (T_i, F) in memory; items {"x": (1, frames, F), "y": class index}. Training views
+    """Filterbanks (T_i, F), in memory or streamed; items {"x": (1, frames, F), "y": class index}. Training views
     crop a random window of longer clips; evaluation views take the first ``frames``."""
 
     def __init__(self, features, labels, classes, sources, splits, frames: int, augment: SpecAugment | None = None):
@@ -153,8 +157,9 @@ class AudioDataset(Dataset):
         return y
 
     def subset(self, indices, augment: SpecAugment | None = None) -> AudioDataset:
-        pick = lambda seq: seq.subset(indices) if isinstance(seq, StreamedFbanks) else [seq[i] for i in indices]  # noqa: E731
-        features, labels, sources, splits = (pick(a) for a in (self.features, self.labels, self.sources, self.splits))
+        features, labels, sources, splits = (
+            take(a, indices) for a in (self.features, self.labels, self.sources, self.splits)
+        )
         return AudioDataset(features, labels, self.classes, sources, splits, self.frames, augment)
 
     def __getitem__(self, i):
@@ -333,11 +338,7 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
         return s, fbank(wave, opts.sample_rate, opts.mel_bins)
 
     if streamed:
-        log.info(
-            "%d clips, about %.0f MB of filterbanks: computed per item in the data-loading workers",
-            len(headers),
-            sum(frames) * opts.mel_bins * 4 / 2**20,
-        )
+        log.info("%d clips, %.0f MB of filterbanks: computed per item in the workers", len(headers), megabytes)
         done = [(s, len_) for (s, _, _, _), len_ in zip(headers, frames, strict=True)]
         rates.update(rate for _, _, rate, _ in headers)
         channels.update(c for _, _, _, c in headers)
