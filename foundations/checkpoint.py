@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from foundations.adapter import build_adapter
+from foundations.files import replacing, write_text
 from foundations.vit import Encoder, EncoderConfig
 
 FORMAT = "mae-foundations/encoder"
@@ -42,8 +43,9 @@ def save_pretrained(encoder: Encoder, directory, data_card: str | None = None, *
         **meta,
     }
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    save_file(state, directory / "model.safetensors", metadata={"format": FORMAT})
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    with replacing(directory / "model.safetensors") as tmp:
+        save_file(state, tmp, metadata={"format": FORMAT})
+    write_text(directory / "config.json", json.dumps(config, indent=2))
     return directory
 
 

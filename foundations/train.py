@@ -3,8 +3,9 @@
 AdamW (betas 0.9, 0.95 as in MAE), linear warmup then cosine decay, learning rate scaled by
 total batch / 256 (Goyal et al. 2017, as MAE does), gradient accumulation, clipping, mixed
 precision, resumable checkpoints every N steps, a progress bar on the main process and a
-JSON-lines log. A non-finite loss on any process stops every process before the update, so the
-last checkpoint on disk is the last good one.
+JSON-lines log. A non-finite loss on any process, or a non-finite gradient, stops every process
+before the update, so the last checkpoint on disk is the last good one; a resume skips a damaged
+latest checkpoint for the one before it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
+
+from foundations.checkpoint import CheckpointError
+from foundations.files import write_text
 
 
 @dataclass(frozen=True)
@@ -131,12 +135,9 @@ def fit(
         raise ValueError(f"[{stage}] no full batch of {cfg.batch_size} per process: the dataset is too small")
 
     step, first_loss = 0, None
-    if resume and (done := checkpoints(ckpt_dir)):
-        acc.load_state(str(done[-1]))
-        state = json.loads((done[-1] / "trainer.json").read_text())
+    if resume and (state := load_checkpoint(acc, ckpt_dir, stage)):
         step, first_loss = state["step"], state["first_loss"]
         scheduler.load_state_dict(state["scheduler"])  # stepped by us, once per optimizer step
-        acc.print(f"[{stage}] resumed from {done[-1]} at step {step}")
     if step >= cfg.max_steps:
         return FitResult(first_loss, state["last_loss"], step)
 
@@ -161,15 +162,20 @@ def fit(
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
                 if bad.item() > 0:
                     bar.close()
-                    last = checkpoints(ckpt_dir)
-                    kept = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
                     raise NonFiniteLossError(
                         f"[{stage}] loss is not finite at step {step} (on {int(bad.item())} process(es)); "
-                        f"stopped before the update; {kept}. Lower the learning rate or check the inputs."
+                        f"stopped before the update; {last_good(ckpt_dir)}. Lower the learning rate or check the "
+                        "inputs."
                     )
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.clip_grad:
-                    acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                if acc.sync_gradients:  # the norm of the gradients all processes now share; inf: no clipping
+                    norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad or math.inf)
+                    if not torch.isfinite(norm):
+                        bar.close()
+                        raise NonFiniteLossError(
+                            f"[{stage}] gradient is not finite at step {step} (loss {loss.item():.4g}); stopped "
+                            f"before the update; {last_good(ckpt_dir)}. Lower the learning rate or check the inputs."
+                        )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             value = loss.item()
@@ -219,12 +225,35 @@ def fit(
     return FitResult(first_loss, last_loss, step)
 
 
+def last_good(ckpt_dir: Path) -> str:
+    last = checkpoints(ckpt_dir)
+    return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+
+
+def load_checkpoint(acc: Accelerator, ckpt_dir: Path, stage: str) -> dict | None:
+    """Restore the newest checkpoint that loads whole -> its trainer state; a truncated or corrupt
+    one is reported and the one before it is tried. None when the stage has none yet."""
+    done = checkpoints(ckpt_dir)
+    for path in reversed(done):
+        try:
+            state = json.loads((path / "trainer.json").read_text())
+            acc.load_state(str(path))
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (JSON, safetensors, torch), skip it
+            acc.print(f"[{stage}] checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying the one before")
+            continue
+        acc.print(f"[{stage}] resumed from {path} at step {state['step']}")
+        return state
+    if done:
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint of {len(done)} loads; run without --resume to start over")
+    return None
+
+
 def save_checkpoint(acc: Accelerator, ckpt_dir: Path, state: dict, keep: int) -> None:
     path = ckpt_dir / f"step_{state['step']:07d}"
     acc.save_state(str(path), safe_serialization=True)
     if acc.is_main_process:
         # trainer.json is written last: a checkpoint without it is incomplete and is never resumed
-        (path / "trainer.json").write_text(json.dumps(state))
+        write_text(path / "trainer.json", json.dumps(state))
         for old in checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()

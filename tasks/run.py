@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from foundations.checkpoint import CheckpointError
+from foundations.files import write_text
 from foundations.train import NonFiniteLossError, make_accelerator
 from modalities.common import DataError, DomainData
 from tasks import classify
@@ -31,17 +34,45 @@ from tasks.options import FinetuneOptions, Options
 from tasks.pretrain import model_config, pretrain
 from tasks.session import Session
 
+log = logging.getLogger(__name__)
+
 # A later stage: (session, data, encoder folder, fine-tuning options) -> metrics
 Stage = Callable[[Session, DomainData, Path, FinetuneOptions], dict]
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a recipe; bad data, checkpoints or a diverging loss end with one clear line, exit code 2."""
+    """Run a recipe; bad data, checkpoints or a diverging loss end with one clear line, exit code 2.
+    Our packages' log lines (files resampled, skipped, set aside) go to stderr, from the first
+    process only below warnings; other libraries keep their own levels."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("foundations", "modalities", "tasks"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+        logger.addHandler(handler)
     try:
         main()
     except (DataError, CheckpointError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def read_metrics(path: Path) -> dict:
+    """Figures of earlier stages in this output folder; an unreadable file is set aside (renamed
+    ``.unreadable``, nothing lost) with a warning, and the run starts a new one."""
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+        if isinstance(metrics, dict):
+            return metrics
+        problem = "not a JSON object"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problem = str(e)
+    kept = path.with_name(path.name + ".unreadable")
+    path.replace(kept)
+    log.warning("%s is unreadable (%s); kept as %s, starting a new one", path, problem, kept)
+    return {}
 
 
 def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None) -> dict:
@@ -50,7 +81,7 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
     out = Path(opts.run.out)
     metrics_path = out / "metrics.json"
     # figures of stages not run now (e.g. pretraining, before a later --stage probe) are kept
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_metrics(metrics_path)
     metrics.update({f"data/{k}": v for k, v in data.info.items()})
     metrics["run/processes"] = acc.num_processes
     if acc.is_main_process:
@@ -58,13 +89,13 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
         # every option by its flag name (so the file works as --config), then what they resolved to
         model = dataclasses.asdict(model_config(opts.pretrain, data.adapter))
         config = {**opts.flat(), "adapter": data.adapter, "model": model}
-        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
     acc.wait_for_everyone()
 
     def save(new: dict) -> None:
         metrics.update(new)
         if acc.is_main_process:
-            metrics_path.write_text(json.dumps(metrics, indent=2))
+            write_text(metrics_path, json.dumps(metrics, indent=2))
 
     session = Session(acc, out, opts.run, opts.source.seed)
     chosen = ("pretrain", "probe", "finetune") if opts.run.stage == "all" else (opts.run.stage,)

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
+from foundations.checkpoint import CheckpointError
 from foundations.train import NonFiniteLossError, TrainConfig, checkpoints, cosine_schedule, fit, make_accelerator
 
 
@@ -115,3 +116,35 @@ def test_cosine_schedule__warmup_then_decay():
 def test_train_config__bad_values_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_fit__non_finite_gradient_with_a_finite_loss_stops_before_the_update(tmp_path):
+    def kinked(m, batch):  # sqrt(|w - w|) is 0 but its gradient is not finite
+        w = m[0].weight
+        return mse(m, batch) + ((w - w.detach()).abs().sqrt().sum() if m.training and step["n"] >= 12 else 0)
+
+    step = {"n": 0}
+    net = model()
+    on_step = lambda s, _: step.update(n=s)  # noqa: E731
+    with pytest.raises(NonFiniteLossError, match=r"gradient is not finite at step 12.*step_0000010"):
+        fit(net, loader(), kinked, CFG, make_accelerator("no"), tmp_path, "toy", on_step=on_step)
+    assert all(torch.isfinite(p).all() for p in net.parameters())  # no update with that gradient
+
+
+@pytest.mark.parametrize("damage", ["trainer.json", "model.safetensors", "both checkpoints"])
+def test_fit__resume_skips_a_damaged_latest_checkpoint(tmp_path, damage, capsys):
+    fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy")
+    first, latest = checkpoints(tmp_path / "checkpoints" / "toy")
+    for ckpt in (first, latest) if damage == "both checkpoints" else (latest,):
+        name = "model.safetensors" if damage == "both checkpoints" else damage
+        (ckpt / name).write_bytes((ckpt / name).read_bytes()[:20])  # cut short, as a full disk leaves it
+    longer = TrainConfig(**{**CFG.__dict__, "max_steps": 30})
+    calls = []
+    counted = lambda m, b: calls.append(1) or mse(m, b)  # noqa: E731
+    if damage == "both checkpoints":
+        with pytest.raises(CheckpointError, match="no checkpoint of 2 loads; run without --resume"):
+            fit(model(), loader(), mse, longer, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+        return
+    res = fit(model(), loader(), counted, longer, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+    assert res.steps == 30 and len(calls) == 20  # resumed from step 10, the one before the damaged step 20
+    assert f"checkpoint {latest} is unreadable" in capsys.readouterr().out

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from foundations.checkpoint import CheckpointError, load_state, save_pretrained
+from foundations.files import replacing
 from modalities import load_encoder
 from modalities.volume.io import read_volume, save_labels, strip_extension
 from modalities.volume.transforms import PipelineConfig, ToSample, pipeline
@@ -117,7 +118,8 @@ def save_segmenter(model: Segmenter, directory, classes: list[str], **info) -> P
     directory = Path(directory)
     save_pretrained(model.encoder, directory, segmentation={"classes": classes, "features": model.features}, **info)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
-    save_file(head, directory / "head.safetensors")
+    with replacing(directory / "head.safetensors") as tmp:
+        save_file(head, tmp)
     return directory
 
 
