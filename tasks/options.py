@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -166,6 +167,22 @@ def build_parser(recipe: str, description: str, domain_cls, defaults: dict | Non
     return parser
 
 
+def config_tokens(parser: argparse.ArgumentParser, options: dict) -> list[str]:
+    """--config values as command-line tokens: booleans as --flag / --no-flag, lists as "a,b,c",
+    None (the field's default) left out."""
+    actions = {a.dest: a for a in parser._actions}
+    tokens = []
+    for name, value in options.items():
+        flag = actions[name].option_strings[0]
+        if value is None:
+            continue
+        if isinstance(actions[name], argparse.BooleanOptionalAction):
+            tokens.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag}={value}")
+        else:
+            tokens.append(f"{flag}={','.join(map(str, value)) if isinstance(value, list) else value}")
+    return tokens
+
+
 def parse(recipe: str, description: str, domain_cls, defaults: dict | None = None, argv=None) -> Options:
     """Flags over ``--config`` YAML over the recipe's ``defaults`` over the fields' defaults."""
     parser = build_parser(recipe, description, domain_cls, defaults)
@@ -177,8 +194,15 @@ def parse(recipe: str, description: str, domain_cls, defaults: dict | None = Non
         unknown = sorted(set(options) - {a.dest for a in parser._actions})
         if unknown:
             parser.error(f"{args.config}: unknown options {unknown}")
-        parser.set_defaults(**options)
-        args = parser.parse_args(argv)
+        # the file's values go through the flags' own types and choices, flags on the command line win
+        tokens = config_tokens(parser, options)
+        parser.exit_on_error = False
+        try:
+            parser.parse_args(tokens)
+        except argparse.ArgumentError as e:
+            parser.error(f"{args.config}: {e}")
+        parser.exit_on_error = True
+        args = parser.parse_args([*tokens, *(sys.argv[1:] if argv is None else argv)])
     values = vars(args)
     try:
         groups = {

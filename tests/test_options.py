@@ -1,6 +1,7 @@
 """Typed options and the command line derived from them."""
 
 import dataclasses
+import json
 
 import pytest
 import yaml
@@ -56,3 +57,25 @@ def test_parse__unknown_config_option_is_named(tmp_path):
     (tmp_path / "c.yaml").write_text("pointnet_width: 64\n")
     with pytest.raises(SystemExit):
         parse("ultrasound", "", UltrasoundOptions, argv=["--config", str(tmp_path / "c.yaml")])
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ("stage: bogus\n", "argument --stage: invalid choice: 'bogus'"),
+        ("batch_size: -4\n", "--batch-size must be >= 1"),
+        ("max_steps: many\n", "argument --max-steps: invalid int value: 'many'"),
+        ("resume: maybe\n", "argument --resume"),
+    ],
+)
+def test_parse__config_values_pass_the_flags_checks(tmp_path, config, message, capsys):
+    (tmp_path / "c.yaml").write_text(config)
+    with pytest.raises(SystemExit) as e:
+        parse("ultrasound", "", UltrasoundOptions, argv=["--config", str(tmp_path / "c.yaml")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parse__a_volume_runs_config_yaml_round_trips_with_tuples_and_booleans(tmp_path):
+    opts = parse("volumes", "", VolumeOptions, argv=["--roi", "96,96,32", "--no-crop-foreground", "--volume-4d", "2"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(opts.flat()))))  # as run() writes it
+    assert parse("volumes", "", VolumeOptions, argv=["--config", str(tmp_path / "config.yaml")]) == opts
