@@ -127,13 +127,22 @@ def _from_csv(table: Path, extensions) -> list[Sample]:
                 f"{table}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column, found {columns}"
             )
         samples = []
+        root = table.parent.resolve()
         for line, row in enumerate(reader, start=2):
-            path = table.parent / row[path_col]
+            name, label = ((row.get(k) or "").strip() for k in (path_col, "label"))
+            if not name or not label:
+                raise DataError(f"{table}, line {line}: empty {path_col if not name else 'label'} cell")
+            path = table.parent / name
+            if not path.resolve().is_relative_to(root):
+                raise DataError(f"{table}, line {line}: {name} points outside the data folder {root}")
             if not path.is_file():
                 raise DataError(f"{table}, line {line}: file {path} does not exist")
-            if str(path).lower().endswith(tuple(extensions)):
-                split, group = ((row.get(k) or "").strip() or None for k in ("split", "group"))
-                samples.append(Sample(path, row["label"].strip(), split, group))
+            if not name.lower().endswith(tuple(extensions)):
+                raise DataError(
+                    f"{table}, line {line}: {name} is not a file this recipe reads ({', '.join(extensions)})"
+                )
+            split, group = ((row.get(k) or "").strip() or None for k in ("split", "group"))
+            samples.append(Sample(path, label, split, group))
     return samples
 
 

@@ -74,3 +74,22 @@ def test_data_card__known_folder_or_one_above_it_else_a_note(tmp_path):
     known = {"busi_256": "data_cards/busi.md"}
     assert data_card(tmp_path / "busi_256" / "train", known) == "data_cards/busi.md"
     assert data_card(tmp_path / "mine", known) == f"user data at {tmp_path / 'mine'}"
+
+
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ("a/x.png", "line 3: empty label cell"),  # a missing cell
+        (",b", "line 3: empty path cell"),
+        ("../outside.png,b", "line 3: ../outside.png points outside the data folder"),
+        ("a/notes.txt,b", r"line 3: a/notes.txt is not a file this recipe reads \(.png, .mp4\)"),
+    ],
+)
+def test_discover__labels_csv_rows_that_cannot_be_used_are_named(tmp_path, row, message):
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    for name in ("a/x.png", "a/notes.txt", "outside.png"):
+        (tmp_path / "data" / name if name != "outside.png" else tmp_path / name).write_bytes(b"x")
+    (data / "labels.csv").write_text(f"path,label\na/x.png,a\n{row}\n")
+    with pytest.raises(DataError, match=message):
+        discover(data, EXTS)
