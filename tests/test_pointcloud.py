@@ -78,6 +78,8 @@ def test_read_cloud__arrays(tmp_path, suffix):
         ("nan.npy", "NaN or infinite"),
         ("same.npy", "degenerate point cloud"),
         ("flat.npy", r"expected points \(N, 3\+\)"),
+        ("zero_bytes.npy", "cannot read array"),
+        ("huge.npy", "coordinates beyond float32's range"),  # finite in float64, inf in float32
     ],
 )
 def test_read_cloud__bad_files_named(tmp_path, case, match):
@@ -90,6 +92,10 @@ def test_read_cloud__bad_files_named(tmp_path, case, match):
         np.save(path, np.array([[0.0, 0.0, np.nan], [1.0, 1.0, 1.0]]))
     elif case == "same.npy":
         np.save(path, np.ones((20, 3)))
+    elif case == "zero_bytes.npy":
+        path.write_bytes(b"")
+    elif case == "huge.npy":
+        np.save(path, np.array([[0.0, 0.0, 1e300], [1.0, 1.0, 1.0]]))
     else:
         np.save(path, np.ones((20, 2)))
     with pytest.raises(DataError, match=rf"{case}: {match}"):

@@ -57,6 +57,13 @@ def test_read_clip__frames_spread_over_the_clip(tmp_path, suffix):
     np.testing.assert_allclose(frames.mean((1, 2)), np.array([0, 60, 120, 180]) / 255, atol=0.03)
 
 
+def test_read_image__over_pillows_pixel_limit_is_named(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit, a bomb
+    with pytest.raises(DataError, match=r"big.png: cannot read image \(Image size \(4096 pixels\) exceeds limit"):
+        read_image(tmp_path / "big.png")
+
+
 @pytest.mark.parametrize("name,reader", [("bad.png", read_image), ("bad.mp4", lambda p: read_clip(p, 4))])
 def test_readers__corrupt_file_named_in_error(tmp_path, name, reader):
     (tmp_path / name).write_bytes(b"\x00garbage" * 50)

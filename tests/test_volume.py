@@ -102,6 +102,13 @@ def test_segmentation_classes__from_decathlon_and_nnunet_dataset_json(tmp_path, 
     assert segmentation_classes(tmp_path / "elsewhere", 3) == ["background", "label_1", "label_2"]
 
 
+@pytest.mark.parametrize("text", ['{"labels": {"1": "spleen"', '["labels"]', '{"labels": ["spleen"]}'])
+def test_segmentation_classes__malformed_dataset_json_is_named(tmp_path, text):
+    (tmp_path / "dataset.json").write_text(text)
+    with pytest.raises(DataError, match=r"dataset.json: not a dataset.json with a 'labels' object"):
+        segmentation_classes(tmp_path, 2)
+
+
 def test_find_records__adrenalmnist3d_npz(shared):
     records, classes = find_records(shared / "medical3d/adrenalmnist3d_64", segment=False)
     assert classes == ["0", "1"] and len(records) == 1188 + 98

@@ -28,6 +28,8 @@ def check_cloud(points: np.ndarray, source) -> np.ndarray:
         raise DataError(f"{source}: NaN or infinite coordinates")
     if np.ptp(points[:, :3], axis=0).max() < 1e-9:
         raise DataError(f"{source}: degenerate point cloud (all {len(points)} points equal)")
+    if np.abs(points[:, :3]).max() > np.finfo(np.float32).max:
+        raise DataError(f"{source}: coordinates beyond float32's range (up to {np.abs(points[:, :3]).max():.3g})")
     return points[:, :3].astype(np.float32)
 
 
@@ -50,8 +52,8 @@ def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndar
                     points = z[key]
             else:
                 points = np.load(path) if suffix == ".npy" else np.loadtxt(path, ndmin=2)
-        except (OSError, ValueError, IndexError) as e:
-            raise DataError(f"{path}: cannot read array ({e})") from None
+        except (OSError, ValueError, IndexError, EOFError) as e:  # EOFError: a 0-byte .npy
+            raise DataError(f"{path}: cannot read array ({e or 'empty or cut-short file'})") from None
         return check_cloud(np.asarray(points, dtype=np.float64), path)
     if suffix in MESH_EXTENSIONS or suffix == ".ply":
         mesh = o3d.io.read_triangle_mesh(str(path))

@@ -18,7 +18,7 @@ def read_image(path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
     scale = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0
     arr = arr.astype(np.float32) / scale

@@ -318,7 +318,11 @@ def segmentation_classes(root, n_classes: int) -> list[str]:
     nnU-Net v2's {"spleen": 1}), else background, label_1 ... label_{n-1}."""
     table = Path(root) / "dataset.json" if root else None
     if table is not None and table.is_file():
-        labels = json.loads(table.read_text()).get("labels", {})
+        try:
+            labels = json.loads(table.read_text()).get("labels", {})
+            labels.items()
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise DataError(f"{table}: not a dataset.json with a 'labels' object ({e})") from None
         names = {int(k): v for k, v in labels.items() if str(k).isdigit()}
         names |= {int(v): k for k, v in labels.items() if not str(k).isdigit() and isinstance(v, int)}
         if names:
