@@ -74,7 +74,7 @@ def test_two_process_run_writes_every_output(tmp_path):
     for stage in ("pretrain", "probe", "finetune"):
         assert list((out / "checkpoints" / stage).glob("step_*/model.safetensors")), stage
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert {r["stage"] for r in log} == {"pretrain", "probe", "finetune"}
+    assert {r["stage"] for r in log} == {"pretrain", "probe", "probe_random_init", "finetune"}  # with its baseline
 
     encoder = load_encoder(out / "encoder")  # the one-call load of a saved run
     feats = encoder(torch.rand(2, 1, 64, 64)).features
