@@ -144,6 +144,11 @@ def fit(
     log = out_dir / "log.jsonl"
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if step and log.is_file():  # records a killed run wrote past its checkpoint are written again
+            lines = log.read_text().splitlines(keepends=True)
+            kept = [r for r in lines if not ((d := json.loads(r))["stage"] == stage and d["step"] > step)]
+            if len(kept) < len(lines):
+                write_text(log, "".join(kept))
     interactive = sys.stderr.isatty()  # a bar on a terminal; plain log lines in files and CI
     bar = tqdm(total=cfg.max_steps, initial=step, desc=stage, disable=not (acc.is_local_main_process and interactive))
     micro = step * acc.gradient_accumulation_steps

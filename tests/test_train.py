@@ -148,3 +148,15 @@ def test_fit__resume_skips_a_damaged_latest_checkpoint(tmp_path, damage, capsys)
     res = fit(model(), loader(), counted, longer, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
     assert res.steps == 30 and len(calls) == 20  # resumed from step 10, the one before the damaged step 20
     assert f"checkpoint {latest} is unreadable" in capsys.readouterr().out
+
+
+def test_fit__a_resume_logs_each_step_once(tmp_path):
+    def crash(step, _):
+        if step == 16:  # past the step-10 checkpoint and the step-15 log record
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy", on_step=crash)
+    fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]

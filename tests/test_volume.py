@@ -326,3 +326,13 @@ def test_adapter__2d_targets_round_trip_and_bad_shapes():
 def test_intensity_presets_are_all_tested():
     tested = {*WINDOWS, "mri", "unit"}
     assert tested == set(INTENSITY)
+
+
+def test_find_records__a_single_class_folder_is_refused(tmp_path):
+    (tmp_path / "tumour").mkdir()
+    write_nifti(tmp_path / "tumour" / "a.nii.gz", np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(DataError, match="only one class \\('tumour'\\); probing and fine-tuning need at least two"):
+        find_records(tmp_path, segment=False)
+    (tmp_path / "normal").mkdir()
+    write_nifti(tmp_path / "normal" / "b.nii.gz", np.zeros((8, 8, 8), np.float32))
+    assert find_records(tmp_path, segment=False)[1] == ["normal", "tumour"]

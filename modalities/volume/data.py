@@ -25,6 +25,7 @@ from modalities.common import (
     discover,
     held_out_split,
     read_each,
+    require_classes,
 )
 from modalities.volume.adapter import volume_config
 from modalities.volume.io import (
@@ -247,7 +248,7 @@ def find_records(root, segment: bool) -> tuple[list[dict], list[str]]:
         return medmnist_records(npz[0])
     if (root / "labels.csv").is_file() or any(p.is_dir() for p in root.iterdir()):
         samples = discover(root, EXTENSIONS)
-        classes = sorted({s.label for s in samples})
+        classes = require_classes([s.label for s in samples], root)
         return [
             {"image": s.path, "label": classes.index(s.label), "name": str(s.path), "split": s.split} for s in samples
         ], classes
