@@ -283,3 +283,11 @@ def test_large_datasets_stream_their_filterbanks_through_workers(tmp_path):
     loader = torch.utils.data.DataLoader(part, batch_size=2, num_workers=2)
     torch.testing.assert_close(next(iter(loader))["x"], torch.stack([kept[3]["x"], kept[1]["x"]]))
     assert streamed.statistics() == pytest.approx(kept.statistics())
+
+
+def test_multi_label__every_split_of_a_multi_label_task_gives_label_vectors():
+    """A held-out part whose clips happen to carry one label each still gives (classes,) 0/1 targets."""
+    features = [torch.randn(20, 8) for _ in range(3)]
+    dataset = AudioDataset(features, ["a;b", "a", "b"], ["a", "b"], ["s0", "s1", "s2"], [None] * 3, frames=16)
+    held = dataset.subset([1, 2])
+    assert held.multi_label and held[0]["y"].tolist() == [1.0, 0.0] and held.pooled()[1].shape == (2, 2)

@@ -133,16 +133,15 @@ class AudioDataset(Dataset):
     """Filterbanks (T_i, F), in memory or streamed; items {"x": (1, frames, F), "y": class index}. Training views
     crop a random window of longer clips; evaluation views take the first ``frames``."""
 
-    def __init__(self, features, labels, classes, sources, splits, frames: int, augment: SpecAugment | None = None):
+    def __init__(self, features, labels, classes, sources, splits, frames: int, augment=None, multi_label=None):
         self.features, self.labels, self.classes, self.sources = features, labels, list(classes), sources
         self.splits, self.frames, self.augment = splits, frames, augment
+        # multi-label when any label names several classes ("dog;rain"); a subset keeps its parent's
+        # answer, so that every split of one task gives targets of one kind
+        self.multi_label = any(MULTI in label for label in labels) if multi_label is None else multi_label
 
     def __len__(self):
         return len(self.features)
-
-    @property
-    def multi_label(self) -> bool:
-        return any(MULTI in label for label in self.labels)
 
     @property
     def class_ids(self) -> list[int]:
@@ -160,7 +159,7 @@ class AudioDataset(Dataset):
         features, labels, sources, splits = (
             take(a, indices) for a in (self.features, self.labels, self.sources, self.splits)
         )
-        return AudioDataset(features, labels, self.classes, sources, splits, self.frames, augment)
+        return AudioDataset(features, labels, self.classes, sources, splits, self.frames, augment, self.multi_label)
 
     def __getitem__(self, i):
         f = self.features[i]
@@ -403,6 +402,7 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         )
         held_parts = [part for label in held.labels for part in label.split(MULTI)]
         check_held_out_classes(held_parts, full.classes, source.eval_data, source.data)
+        full.multi_label = held.multi_label = full.multi_label or held.multi_label
         skipped += more
     else:
         if any(s in ("test", "val") for s in full.splits):  # the data's own split (ESC-50 fold, SC lists)
