@@ -105,3 +105,42 @@ def load_state(module: torch.nn.Module, state: dict, source) -> None:
         ]
         raise CheckpointError(f"{source}: weights do not match the model: " + "; ".join(p for p in parts if p))
     module.load_state_dict(state)
+
+
+# Training checkpoints: what a resume needs, in safetensors + JSON. Accelerate's save_state writes
+# the optimizer and the random generators with torch.save (pickle); the run derives every random
+# draw from its seed (foundations.train), so weights and optimizer moments are all there is to keep.
+
+
+def save_training_state(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Write ``model.safetensors`` and ``optimizer.safetensors`` into ``directory`` -> the optimizer's
+    non-tensor state (hyper-parameters, parameter groups) for the caller's JSON."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with replacing(directory / "model.safetensors") as tmp:
+        save_file(weights, tmp)
+    state = optimizer.state_dict()
+    tensors, rest = {}, {}
+    for index, values in state["state"].items():
+        for name, v in values.items():
+            if torch.is_tensor(v):
+                tensors[f"{index}.{name}"] = v.detach().contiguous().cpu()
+            else:
+                rest.setdefault(str(index), {})[name] = v
+    with replacing(directory / "optimizer.safetensors") as tmp:
+        save_file(tensors, tmp)
+    return {"state": rest, "param_groups": state["param_groups"]}
+
+
+def load_training_state(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    """The inverse of ``save_training_state``; ``meta`` is what it returned. Raises on any damage."""
+    directory = Path(directory)
+    load_state(model, load_file(directory / "model.safetensors"), directory / "model.safetensors")
+    state: dict = {}
+    for key, v in load_file(directory / "optimizer.safetensors").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = v
+    for index, values in meta["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

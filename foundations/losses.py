@@ -25,11 +25,13 @@ def normalize_target(target: torch.Tensor, weights: torch.Tensor | None = None, 
 def masked_mse(pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
     """Mean squared error over the predicted tokens, honouring per-element weights.
 
-    pred, target, weights: (B, M, P). Returns the weighted mean over every element.
+    pred, target, weights: (B, M, P). Returns the mean over every element; with weights, the mean
+    over samples of each sample's weighted mean, so that a batch split over processes (each taking
+    its half's loss, the gradients averaged) gives the loss of the whole batch.
     """
     if norm_target:
         target, _, _ = normalize_target(target, weights)
     err = (pred.float() - target.float()) ** 2
     if weights is None:
         return err.mean()
-    return (err * weights).sum() / weights.sum().clamp_min(1.0)
+    return ((err * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)).mean()

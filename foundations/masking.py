@@ -45,7 +45,18 @@ class MaskPlan(NamedTuple):
     ids_hide: torch.Tensor  # (B, N_hide) long, indices of hidden tokens
 
 
-def _rand(shape, device, generator: torch.Generator | None) -> torch.Tensor:
+def sample_generators(keys: torch.Tensor) -> list[torch.Generator]:
+    """keys: (B,) ints -> one CPU generator per sample. Masks drawn from these depend on the sample
+    alone: not on its batch, its process or the device, so a run split over two processes, or
+    resumed half-way, hides the same tokens as one uninterrupted process."""
+    return [torch.Generator().manual_seed(int(k) ^ 0x6D61736B) for k in keys.tolist()]  # "mask"
+
+
+def _rand(shape, device, generator) -> torch.Tensor:
+    """Uniform draws of ``shape`` (B, ...) from ``generator``: one torch.Generator (or None, the
+    global one), or a list of B generators, one per row."""
+    if isinstance(generator, list):
+        return torch.stack([torch.rand(shape[1:], generator=g) for g in generator]).to(device)
     gen_device = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
@@ -96,7 +107,8 @@ def tube_masking(coords: torch.Tensor, ratio: float, axis: int, generator=None) 
         n_tubes = int(tube_id.max()) + 1
         if N % n_tubes:
             raise ValueError(f"tube masking needs equal-length tubes: {N} tokens in {n_tubes} tubes")
-        scores[b] = _rand((n_tubes,), coords.device, generator)[tube_id]
+        row = generator[b : b + 1] if isinstance(generator, list) else generator
+        scores[b] = _rand((1, n_tubes), coords.device, row)[0, tube_id]
         n_hide = hidden_count(n_tubes, ratio) * (N // n_tubes)
     return plan_from_scores(scores, n_hide)
 

@@ -6,10 +6,17 @@ precision, resumable checkpoints every N steps, a progress bar on the main proce
 JSON-lines log. A non-finite loss on any process, or a non-finite gradient, stops every process
 before the update, so the last checkpoint on disk is the last good one; a resume skips a damaged
 latest checkpoint for the one before it.
+
+Exact resume: nothing random is carried in a checkpoint. The data order comes from the seed and
+the epoch (Accelerate's seedable sampler), each item is drawn with generators seeded from (seed,
+epoch, index) (``Seeded``), and each micro-step's draws in the model (drop path, mixup) from (seed,
+stage, process, micro-step). A checkpoint then needs only weights and optimizer moments
+(safetensors) and the step and schedule (``trainer.json``, written last: the completion marker).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from foundations.checkpoint import CheckpointError
+from foundations.checkpoint import CheckpointError, load_training_state, save_training_state
 from foundations.files import write_text
 
 
@@ -43,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
+    seed: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -74,10 +82,51 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, seed: i
         cpu=multi_process_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # the shuffled order depends on the seed and the epoch only, not on the global generator
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
     set_seed(seed)
     return acc
+
+
+def derive_seed(*parts) -> int:
+    """A 32-bit seed from ``parts`` (ints and strings), the same in every process and on every run."""
+    return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=4).digest(), "little")
+
+
+class Seeded(torch.utils.data.Dataset):
+    """``dataset`` whose item ``i`` of epoch ``e`` is drawn with torch, NumPy and Python's generators
+    (and the dataset's own, through an optional ``reseed(seed)``, e.g. MONAI's) seeded from (seed, e,
+    i): an item's augmentation does not depend on which worker loads it or on the items before it,
+    so a resumed run that skips half an epoch draws the rest exactly. Dict items carry that seed as
+    ``key``, from which the model draws the item's mask (``foundations.masking.sample_generators``)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        key = derive_seed(self.seed, self.epoch, i)
+        set_seed(key)
+        if hasattr(self.dataset, "reseed"):
+            self.dataset.reseed(key)
+        item = self.dataset[i]
+        return {**item, "key": key} if isinstance(item, dict) else item
+
+
+def set_epoch(loader, epoch: int) -> None:
+    """Tell the sampler and the dataset the epoch. Accelerate's loader reaches its own seedable
+    sampler but neither a batch sampler it wraps for several processes nor, beside that sampler,
+    the dataset."""
+    loader.set_epoch(epoch)
+    for part in (loader.dataset, getattr(loader.batch_sampler, "batch_sampler", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
 
 
 def cosine_schedule(step: int, cfg: TrainConfig) -> float:
@@ -113,11 +162,13 @@ def fit(
     param_groups: list[dict] | None = None,
     resume: bool = False,
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps on ``loss_fn(model, batch) -> loss``.
 
     Checkpoints go to ``out_dir/checkpoints/<stage>/step_N``; the log to ``out_dir/log.jsonl``.
     ``param_groups`` overrides the optimiser's parameter groups (each may carry ``lr_scale``).
+    Without ``resume``, checkpoints of an earlier run of the stage stop it, unless ``overwrite``.
     """
     out_dir, acc = Path(out_dir), accelerator
     ckpt_dir = out_dir / "checkpoints" / stage
@@ -134,8 +185,28 @@ def fit(
     if len(loader) == 0:
         raise ValueError(f"[{stage}] no full batch of {cfg.batch_size} per process: the dataset is too small")
 
+    # what fixes the schedule and the data order: a resume must not change it
+    schedule = {
+        "max_steps": cfg.max_steps,
+        "warmup_steps": cfg.warmup_steps,
+        "base_lr": cfg.base_lr,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "processes": acc.num_processes,
+        "grad_accum": acc.gradient_accumulation_steps,
+        "batches_per_epoch": len(loader),
+    }
     step, first_loss = 0, None
-    if resume and (state := load_checkpoint(acc, ckpt_dir, stage)):
+    if not resume and checkpoints(ckpt_dir):
+        if not overwrite:
+            raise CheckpointError(
+                f"{ckpt_dir} holds checkpoints of an earlier run; --resume to continue it, --overwrite to start over"
+            )
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(ckpt_dir)
+        acc.wait_for_everyone()
+    if resume and (state := load_checkpoint(acc, ckpt_dir, stage, model, optimizer, schedule)):
         step, first_loss = state["step"], state["first_loss"]
         scheduler.load_state_dict(state["scheduler"])  # stepped by us, once per optimizer step
     if step >= cfg.max_steps:
@@ -144,11 +215,7 @@ def fit(
     log = out_dir / "log.jsonl"
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if step and log.is_file():  # records a killed run wrote past its checkpoint are written again
-            lines = log.read_text().splitlines(keepends=True)
-            kept = [r for r in lines if not ((d := json.loads(r))["stage"] == stage and d["step"] > step)]
-            if len(kept) < len(lines):
-                write_text(log, "".join(kept))
+        trim_log(log, stage, step)
     interactive = sys.stderr.isatty()  # a bar on a terminal; plain log lines in files and CI
     bar = tqdm(total=cfg.max_steps, initial=step, desc=stage, disable=not (acc.is_local_main_process and interactive))
     micro = step * acc.gradient_accumulation_steps
@@ -157,11 +224,12 @@ def fit(
     step_sum, step_n = 0.0, 0  # this optimizer step's micro-batch losses
     model.train()
     while step < cfg.max_steps:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
+        set_epoch(loader, epoch)
         batches = acc.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in batches:
+            set_seed(derive_seed(cfg.seed, stage, acc.process_index, micro))
+            micro += 1
             with acc.accumulate(model):
                 loss = loss_fn(model, batch)
                 bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
@@ -221,8 +289,9 @@ def fit(
                     "first_loss": first_loss,
                     "last_loss": step_loss,
                     "scheduler": scheduler.state_dict(),
+                    "schedule": schedule,
                 }
-                save_checkpoint(acc, ckpt_dir, state, cfg.keep_checkpoints)
+                save_checkpoint(acc, ckpt_dir, model, optimizer, state, cfg.keep_checkpoints)
             if step >= cfg.max_steps:
                 break
         epoch += 1
@@ -230,19 +299,49 @@ def fit(
     return FitResult(first_loss, last_loss, step)
 
 
+def trim_log(log: Path, stage: str, step: int) -> None:
+    """Drop the records of ``stage`` past ``step`` (a killed run wrote them after its checkpoint; they
+    are written again) and a line cut short by a kill."""
+    if not log.is_file():
+        return
+    lines = log.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not (record.get("stage") == stage and record.get("step", 0) > step):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        write_text(log, "".join(kept))
+
+
 def last_good(ckpt_dir: Path) -> str:
     last = checkpoints(ckpt_dir)
     return f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
 
 
-def load_checkpoint(acc: Accelerator, ckpt_dir: Path, stage: str) -> dict | None:
+def load_checkpoint(acc: Accelerator, ckpt_dir: Path, stage: str, model, optimizer, schedule: dict) -> dict | None:
     """Restore the newest checkpoint that loads whole -> its trainer state; a truncated or corrupt
-    one is reported and the one before it is tried. None when the stage has none yet."""
+    one is reported and the one before it is tried. None when the stage has none yet. A checkpoint
+    of another schedule (steps, batch, processes, seed, data size) stops the run."""
     done = checkpoints(ckpt_dir)
     for path in reversed(done):
         try:
             state = json.loads((path / "trainer.json").read_text())
-            acc.load_state(str(path))
+            theirs = state.get("schedule", {})
+            if theirs != schedule:
+                changed = ", ".join(f"{k} {theirs.get(k)} -> {v}" for k, v in schedule.items() if theirs.get(k) != v)
+                raise CheckpointError(
+                    f"{path}: this run changes what the checkpoint was trained with ({changed}); resume with the "
+                    "same options, or --overwrite to start over"
+                )
+            load_training_state(path, acc.unwrap_model(model), optimizer, state["optimizer"])
+            if acc.scaler is not None and "scaler" in state:
+                acc.scaler.load_state_dict(state["scaler"])
+        except CheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (JSON, safetensors, torch), skip it
             acc.print(f"[{stage}] checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying the one before")
             continue
@@ -253,10 +352,13 @@ def load_checkpoint(acc: Accelerator, ckpt_dir: Path, stage: str) -> dict | None
     return None
 
 
-def save_checkpoint(acc: Accelerator, ckpt_dir: Path, state: dict, keep: int) -> None:
+def save_checkpoint(acc: Accelerator, ckpt_dir: Path, model, optimizer, state: dict, keep: int) -> None:
+    """Every process holds the same weights and moments (data parallel): the main one writes them."""
     path = ckpt_dir / f"step_{state['step']:07d}"
-    acc.save_state(str(path), safe_serialization=True)
     if acc.is_main_process:
+        state["optimizer"] = save_training_state(path, acc.unwrap_model(model), optimizer)
+        if acc.scaler is not None:
+            state["scaler"] = acc.scaler.state_dict()
         # trainer.json is written last: a checkpoint without it is incomplete and is never resumed
         write_text(path / "trainer.json", json.dumps(state))
         for old in checkpoints(ckpt_dir)[:-keep]:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from foundations.checkpoint import load_state
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
 from foundations.metrics import classification_metrics, multilabel_metrics
-from foundations.train import TrainConfig, fit
+from foundations.train import TrainConfig
 from foundations.vit import Encoder
 from modalities import build_adapter, load_encoder
 from modalities.common import DomainData
@@ -113,7 +113,7 @@ def linear_probe(session: Session, data: DomainData, features, opts: FinetuneOpt
         clip_grad=None,
         checkpoint_every=opts.probe_steps,
     )
-    fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, acc, session.out, stage, resume=session.run.resume)
+    session.fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, stage)
     model = acc.unwrap_model(model).eval()
     with torch.no_grad():
         logits = model(eval_x.to(acc.device)).logits.cpu()
@@ -149,17 +149,7 @@ def finetune(
     dl = session.loader(data.finetune, shuffle=True)
     cfg = finetune_config(opts, opts.finetune_steps, dl.batch_size, session.run.checkpoint_every)
     param_groups = layer_decay_groups(model, cfg.weight_decay, opts.layer_decay)
-    fit(
-        model,
-        dl,
-        loss,
-        cfg,
-        acc,
-        session.out,
-        "finetune",
-        param_groups=param_groups,
-        resume=session.run.resume,
-    )
+    session.fit(model, dl, loss, cfg, "finetune", param_groups=param_groups)
     model = acc.unwrap_model(model)
     logits, labels = predict(model, data.held_out, session)
     for _ in range(votes - 1):  # same order, augmented views

@@ -36,6 +36,9 @@ class RunOptions:
         default=None, metadata={"help": "pretrained encoder folder to probe/fine-tune (default: OUT/encoder)"}
     )
     resume: bool = field(default=False, metadata={"help": "continue each stage from its last checkpoint"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "start over in an --out that holds an earlier run's checkpoints"}
+    )
     batch_size: int = field(default=32, metadata={"help": "per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     mixed_precision: str = field(
@@ -43,10 +46,13 @@ class RunOptions:
         metadata={"choices": ("auto", "no", "bf16", "fp16"), "help": "auto: bf16 on a GPU that supports it, else fp32"},
     )
     checkpoint_every: int = field(default=100, metadata={"help": "optimizer steps between checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl records"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "checkpoint_every"):
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from foundations.checkpoint import load_state, save_pretrained
 from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
-from foundations.train import TrainConfig, fit
+from foundations.masking import sample_generators
+from foundations.train import TrainConfig
 from foundations.vit import PRESETS, gather_tokens
 from modalities import ADAPTERS, build_adapter, load_encoder
 from modalities.common import DomainData
@@ -68,17 +69,9 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
         model.train()
         Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(pictures / f"step_{step:06d}.png")
 
-    res = fit(
-        mae,
-        train_loader,
-        lambda m, b: m(b["x"], b.get("valid")).loss,
-        train_cfg,
-        acc,
-        out,
-        "pretrain",
-        resume=run.resume,
-        on_step=on_step,
-    )
+    # each sample's mask is drawn from its own key: the same masks however the batch is split
+    loss = lambda m, b: m(b["x"], b.get("valid"), generator=sample_generators(b["key"])).loss  # noqa: E731
+    res = session.fit(mae, train_loader, loss, train_cfg, "pretrain", on_step=on_step)
     mae = acc.unwrap_model(mae)
     held = held_out_reconstruction(mae, recon, run.batch_size, session.seed, acc.device)
     if acc.is_main_process:

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from accelerate.utils import set_seed
 
 from foundations.checkpoint import CheckpointError
 from foundations.files import write_text
-from foundations.train import NonFiniteLossError, make_accelerator
+from foundations.train import NonFiniteLossError, derive_seed, make_accelerator
 from modalities.common import DataError, DomainData
 from tasks import classify
 from tasks.options import FinetuneOptions, Options
@@ -100,7 +101,10 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
     session = Session(acc, out, opts.run, opts.source.seed)
     chosen = ("pretrain", "probe", "finetune") if opts.run.stage == "all" else (opts.run.stage,)
     encoder_dir = out / "encoder" if "pretrain" in chosen or not opts.run.encoder else Path(opts.run.encoder)
+    # each stage starts from generators seeded by its name: a resume that finds a stage done and
+    # skips it leaves the next one as it was
     if "pretrain" in chosen:
+        set_seed(derive_seed(session.seed, "pretrain"))
         save(pretrain(session, data, opts.pretrain))
     later = {"probe": classify.probe, "finetune": classify.finetune, **(stages or {})}
     for name in ("probe", "finetune"):
@@ -110,6 +114,7 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
                     f"{opts.source.data or 'the built-in set'}: the data has no labels (no labels.csv, "
                     "class folders or label files); use --stage pretrain"
                 )
+            set_seed(derive_seed(session.seed, name))
             save(later[name](session, data, encoder_dir, opts.finetune))
     if acc.is_main_process:
         print(results_table(metrics))

@@ -7,7 +7,6 @@ import functools
 from pathlib import Path
 
 from foundations.heads import layer_decay_groups
-from foundations.train import fit
 from modalities import load_encoder
 from modalities.common import DomainData
 from modalities.volume.segmentation import Segmenter, evaluate, save_segmenter
@@ -27,7 +26,7 @@ def segment(session: Session, data: DomainData, encoder_dir: Path, opts: Finetun
     )
     param_groups = None if freeze else layer_decay_groups(model, cfg.weight_decay, opts.layer_decay)
     loss = lambda m, b: m(b["x"], b["y"]).loss  # noqa: E731
-    fit(model, dl, loss, cfg, acc, session.out, name, param_groups=param_groups, resume=run.resume)
+    session.fit(model, dl, loss, cfg, name, param_groups=param_groups)
     model = acc.unwrap_model(model)
     save_dir = session.out / "segmentations" / name if acc.is_main_process else None
     roi = tuple(data.adapter["size"])

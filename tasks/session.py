@@ -3,6 +3,8 @@ batching and the check of a saved encoder."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Sampler
 
 from foundations.checkpoint import CheckpointError, read_config
+from foundations.train import FitResult, Seeded, TrainConfig, fit
 from tasks.options import RunOptions
 
 
@@ -23,14 +26,25 @@ class Session:
 
     def loader(self, dataset, shuffle: bool, batch_size: int | None = None, batch_groups=None) -> DataLoader:
         """Batches of at most each process's share of ``dataset``, so every process gets one; with
-        ``batch_groups``, every batch comes from one group."""
+        ``batch_groups``, every batch comes from one group. Training items (shuffled or grouped) are
+        drawn with generators seeded from the run's seed, the epoch and the index (``Seeded``)."""
         processes, run = self.acc.num_processes, self.run
+        if shuffle or batch_groups is not None:
+            dataset = Seeded(dataset, self.seed)
         batch = max(1, min(batch_size or run.batch_size, len(dataset) // processes))
         if batch_groups is not None:
             batch = max(1, min(batch, min(batch_groups.count(g) for g in set(batch_groups)) // processes))
             sampler = GroupedBatchSampler(batch_groups, batch, self.seed)
             return DataLoader(dataset, batch_sampler=sampler, num_workers=run.workers)
         return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle, num_workers=run.workers)
+
+    def fit(self, model, loader, loss_fn: Callable, cfg: TrainConfig, stage: str, **kwargs) -> FitResult:
+        """``foundations.train.fit`` in this run's folder, with its seed, --resume and --overwrite."""
+        cfg = dataclasses.replace(cfg, seed=self.seed, log_every=self.run.log_every)
+        run = self.run
+        return fit(
+            model, loader, loss_fn, cfg, self.acc, self.out, stage, resume=run.resume, overwrite=run.overwrite, **kwargs
+        )
 
 
 class GroupedBatchSampler(Sampler):

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,20 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared sample data not found at {SHARED}; set MAE_SHARED_DATA")
     return SHARED
+
+
+def peak_while_refusing(call, match: str) -> int:
+    """Bytes Python and NumPy allocated at most while ``call()`` ran and raised a ``DataError``
+    matching ``match``: what a limit checked from a file's header must keep small."""
+    from modalities.common import DataError  # conftest serves the core's tests too
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=match):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +87,33 @@ def launch_recipe(recipe: str, *args, processes: int = 1, check: bool = True, di
     if check and proc.returncode != 0:
         raise AssertionError(f"{recipe} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def assert_no_pickle(folder: Path) -> list[Path]:
+    """Every file under ``folder`` opens with a reader that cannot unpickle (safetensors, JSON,
+    YAML's safe loader, images, NIfTI), and none holds a pickle stream; an unknown kind of file
+    fails. Returns the files checked."""
+    import json
+
+    import nibabel as nib
+    import yaml
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    readers = {
+        ".safetensors": load_file,
+        ".json": lambda p: json.loads(p.read_text()),
+        ".jsonl": lambda p: [json.loads(line) for line in p.read_text().splitlines()],
+        ".yaml": lambda p: yaml.safe_load(p.read_text()),
+        ".png": lambda p: Image.open(p).load(),
+        ".gif": lambda p: Image.open(p).load(),
+        ".gz": lambda p: nib.load(p).get_fdata(),  # .nii.gz segmentations
+        ".md": lambda p: p.read_text(),
+    }
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    for path in files:
+        assert path.suffix in readers, f"{path}: a file of unknown kind in a run folder"
+        readers[path.suffix](path)
+        head = path.read_bytes()[:2]
+        assert head[:1] != b"\x80" and head != b"PK", f"{path}: starts like a pickle or a torch.save zip"
+    return files

@@ -48,7 +48,7 @@ def test_mae__weights_zero_outside_valid_region():
     assert torch.equal(out.weights, mae.adapter.targets(x, valid).weights)
     weights = out.weights.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
     target = out.target.gather(1, out.ids_pred[..., None].expand(-1, -1, 64))
-    expected = (((out.pred - target) ** 2) * weights).sum() / weights.sum()
+    expected = ((((out.pred - target) ** 2) * weights).sum((1, 2)) / weights.sum((1, 2))).mean()  # per sample
     torch.testing.assert_close(out.loss, expected)
 
 

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from foundations.masking import MaskConfig, block_masking, make_mask, random_masking, tube_masking
+from foundations.masking import (
+    MaskConfig,
+    block_masking,
+    make_mask,
+    random_masking,
+    sample_generators,
+    tube_masking,
+)
 
 
 def grid(*sizes):
@@ -89,3 +96,18 @@ def test_make_mask__dispatches_by_strategy():
     plan = make_mask(MaskConfig("tube", 0.5, tube_axis=2), coords)
     m = plan.mask.view(2, 4, 4, 4)
     assert (m == m[..., :1]).all()
+
+
+@pytest.mark.parametrize("strategy", ["random", "block", "tube"])
+def test_sample_generators__a_samples_mask_does_not_depend_on_its_batch(strategy):
+    """What lets two processes (each half a batch) and a resumed run hide what one process does."""
+    cfg = MaskConfig(strategy, 0.75, block_tokens=4, tube_axis=0)
+    coords = grid(4, 4, 4).expand(6, -1, -1)
+    keys = torch.tensor([11, 12, 13, 14, 15, 16])
+    whole = make_mask(cfg, coords, sample_generators(keys)).mask
+    halves = [make_mask(cfg, coords[:3], sample_generators(keys[i : i + 3])).mask for i in (0, 3)]
+    assert torch.equal(whole, torch.cat(halves))
+    reordered = make_mask(cfg, coords, sample_generators(keys.flip(0))).mask
+    assert torch.equal(reordered, whole.flip(0))
+    check_plan(make_mask(cfg, coords, sample_generators(keys)), 64, 48)
+    assert len({tuple(m.tolist()) for m in whole}) == 6  # different keys, different masks

@@ -6,7 +6,16 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from foundations.checkpoint import CheckpointError
-from foundations.train import NonFiniteLossError, TrainConfig, checkpoints, cosine_schedule, fit, make_accelerator
+from foundations.train import (
+    NonFiniteLossError,
+    Seeded,
+    TrainConfig,
+    checkpoints,
+    cosine_schedule,
+    fit,
+    make_accelerator,
+)
+from tests.conftest import assert_no_pickle
 
 
 def problem(n=256, seed=0):
@@ -16,9 +25,25 @@ def problem(n=256, seed=0):
     return TensorDataset(x, y)
 
 
-def model():
+def model(dropout=0.0):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1)
+    )
+
+
+class Noisy(torch.utils.data.Dataset):
+    """Items augmented with fresh noise from the global generators, as image and cloud transforms are."""
+
+    def __init__(self):
+        self.data = problem()
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return {"x": x + 0.1 * torch.randn(8), "y": y}
 
 
 def mse(m, batch):
@@ -41,24 +66,30 @@ def test_fit__loss_falls_and_logs(tmp_path):
     assert [p.name for p in checkpoints(tmp_path / "checkpoints" / "toy")] == ["step_0000010", "step_0000020"]
 
 
-def test_fit__resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
-    straight = model()
-    fit(straight, loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path / "a", "toy")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fit__resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(tmp_path, workers):
+    """Augmented items, dropout and a mid-epoch crash (8 batches per epoch, checkpoint at step 10)."""
+    data = lambda: DataLoader(Seeded(Noisy(), seed=3), 32, shuffle=True, drop_last=True, num_workers=workers)  # noqa: E731
+    noisy_mse = lambda m, b: torch.nn.functional.mse_loss(m(b["x"]), b["y"])  # noqa: E731
+    cfg = TrainConfig(**{**CFG.__dict__, "seed": 3})
+    straight = model(dropout=0.2)
+    fit(straight, data(), noisy_mse, cfg, make_accelerator("no", seed=1), tmp_path / "a", "toy")
 
     def crash(step, _):
         if step == 13:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path / "b", "toy", on_step=crash)
-    resumed = model()
+        fit(model(0.2), data(), noisy_mse, cfg, make_accelerator("no", seed=1), tmp_path / "b", "toy", on_step=crash)
+    torch.manual_seed(1234)  # whatever the generators hold now, the resumed run draws as the first one did
+    resumed = model(dropout=0.2)
     torch.nn.init.normal_(resumed[0].weight)  # only the checkpoint can bring the weights back
     calls = []
-    counted = lambda m, b: calls.append(1) or mse(m, b)  # noqa: E731
-    res = fit(resumed, loader(), counted, CFG, make_accelerator("no", seed=1), tmp_path / "b", "toy", resume=True)
+    counted = lambda m, b: calls.append(1) or noisy_mse(m, b)  # noqa: E731
+    res = fit(resumed, data(), counted, cfg, make_accelerator("no", seed=1), tmp_path / "b", "toy", resume=True)
     assert res.steps == 20 and len(calls) == 10  # from the step-10 checkpoint, not from scratch
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)
 
 
 def test_fit__a_stage_resumes_alone_after_other_stages_shared_the_accelerator(tmp_path):
@@ -72,7 +103,7 @@ def test_fit__a_stage_resumes_alone_after_other_stages_shared_the_accelerator(tm
     with pytest.raises(KeyboardInterrupt):
         fit(model(), loader(), mse, CFG, acc, tmp_path, "second", on_step=crash)
     saved = checkpoints(tmp_path / "checkpoints" / "second")[-1]
-    assert sorted(p.name for p in saved.glob("model*.safetensors")) == ["model.safetensors"]  # this stage's only
+    assert sorted(p.name for p in saved.iterdir()) == ["model.safetensors", "optimizer.safetensors", "trainer.json"]
     resumed = model()
     res = fit(resumed, loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "second", resume=True)
     state = json.loads((checkpoints(tmp_path / "checkpoints" / "second")[-1] / "trainer.json").read_text())
@@ -131,23 +162,76 @@ def test_fit__non_finite_gradient_with_a_finite_loss_stops_before_the_update(tmp
     assert all(torch.isfinite(p).all() for p in net.parameters())  # no update with that gradient
 
 
-@pytest.mark.parametrize("damage", ["trainer.json", "model.safetensors", "both checkpoints"])
+def crash_at(n):
+    def on_step(step, _):
+        if step == n:
+            raise KeyboardInterrupt
+
+    return on_step
+
+
+LONG = TrainConfig(**{**CFG.__dict__, "max_steps": 30})
+
+
+@pytest.mark.parametrize("damage", ["trainer.json", "model.safetensors", "optimizer.safetensors", "both checkpoints"])
 def test_fit__resume_skips_a_damaged_latest_checkpoint(tmp_path, damage, capsys):
-    fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy")
+    with pytest.raises(KeyboardInterrupt):  # checkpoints at 10 and 20 of 30 steps
+        fit(model(), loader(), mse, LONG, make_accelerator("no", seed=1), tmp_path, "toy", on_step=crash_at(23))
     first, latest = checkpoints(tmp_path / "checkpoints" / "toy")
     for ckpt in (first, latest) if damage == "both checkpoints" else (latest,):
         name = "model.safetensors" if damage == "both checkpoints" else damage
         (ckpt / name).write_bytes((ckpt / name).read_bytes()[:20])  # cut short, as a full disk leaves it
-    longer = TrainConfig(**{**CFG.__dict__, "max_steps": 30})
     calls = []
     counted = lambda m, b: calls.append(1) or mse(m, b)  # noqa: E731
     if damage == "both checkpoints":
         with pytest.raises(CheckpointError, match="no checkpoint of 2 loads; run without --resume"):
-            fit(model(), loader(), mse, longer, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+            fit(model(), loader(), mse, LONG, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
         return
-    res = fit(model(), loader(), counted, longer, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+    res = fit(model(), loader(), counted, LONG, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
     assert res.steps == 30 and len(calls) == 20  # resumed from step 10, the one before the damaged step 20
     assert f"checkpoint {latest} is unreadable" in capsys.readouterr().out
+
+
+def test_fit__a_checkpoint_without_its_marker_is_not_resumed(tmp_path):
+    """A kill while a checkpoint is written leaves its folder without trainer.json, written last."""
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), loader(), mse, LONG, make_accelerator("no", seed=1), tmp_path, "toy", on_step=crash_at(23))
+    latest = checkpoints(tmp_path / "checkpoints" / "toy")[-1]
+    (latest / "trainer.json").unlink()
+    assert [p.name for p in checkpoints(tmp_path / "checkpoints" / "toy")] == ["step_0000010"]
+    calls = []
+    counted = lambda m, b: calls.append(1) or mse(m, b)  # noqa: E731
+    fit(model(), loader(), counted, LONG, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+    assert len(calls) == 20
+
+
+@pytest.mark.parametrize(
+    "change,seen", [({"max_steps": 40}, "max_steps 30 -> 40"), ({"seed": 5}, "seed 0 -> 5"), ({"batch_size": 16}, "")]
+)
+def test_fit__a_resume_that_changes_the_schedule_stops(tmp_path, change, seen):
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), loader(), mse, LONG, make_accelerator("no", seed=1), tmp_path, "toy", on_step=crash_at(13))
+    other = TrainConfig(**{**LONG.__dict__, **change})
+    batches = DataLoader(problem(), batch_size=other.batch_size, shuffle=True, drop_last=True)
+    with pytest.raises(CheckpointError, match=f"changes what the checkpoint was trained with .*{seen}"):
+        fit(model(), batches, mse, other, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
+
+
+def test_fit__a_fresh_run_over_an_earlier_runs_checkpoints_stops_unless_overwrite(tmp_path):
+    fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy")
+    with pytest.raises(CheckpointError, match="holds checkpoints of an earlier run; --resume .* --overwrite"):
+        fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy")
+    calls = []
+    counted = lambda m, b: calls.append(1) or mse(m, b)  # noqa: E731
+    fit(model(), loader(), counted, CFG, make_accelerator("no", seed=1), tmp_path, "toy", overwrite=True)
+    assert len(calls) == 20  # from scratch
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]  # the earlier run's records are gone
+
+
+def test_fit__checkpoints_are_safetensors_and_json_only(tmp_path):
+    fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy")
+    assert_no_pickle(tmp_path)
 
 
 def test_fit__a_resume_logs_each_step_once(tmp_path):
@@ -157,6 +241,8 @@ def test_fit__a_resume_logs_each_step_once(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy", on_step=crash)
+    with (tmp_path / "log.jsonl").open("a") as f:
+        f.write('{"stage": "toy", "st')  # a record cut short by the kill
     fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
