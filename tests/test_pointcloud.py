@@ -5,9 +5,17 @@ import torch
 
 from modalities.common import DataError
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig, chamfer_distance
-from modalities.pointcloud.data import SHAPE_CLASSES, CloudDataset, PointCloudAugment, load_clouds, make_shape
+from modalities.pointcloud.data import (
+    SHAPE_CLASSES,
+    CloudDataset,
+    PointCloudAugment,
+    PointCloudOptions,
+    load_clouds,
+    make_shape,
+)
 from modalities.pointcloud.io import check_cloud, normalize_cloud, read_cloud
 from modalities.pointcloud.tokenizer import PointPatches, farthest_point_sample, group_points, knn
+from tests.conftest import peak_while_refusing
 
 
 def brute_fps(xyz: np.ndarray, n: int) -> list[int]:
@@ -100,6 +108,31 @@ def test_read_cloud__bad_files_named(tmp_path, case, match):
         np.save(path, np.ones((20, 2)))
     with pytest.raises(DataError, match=rf"{case}: {match}"):
         read_cloud(path)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".txt", ".ply"])
+def test_read_cloud__over_max_points_named(tmp_path, suffix):
+    pts = np.random.default_rng(3).normal(size=(1500, 3))
+    path = tmp_path / f"many{suffix}"
+    {
+        ".npy": lambda: np.save(path, pts),
+        ".npz": lambda: np.savez(path, points=pts),
+        ".txt": lambda: np.savetxt(path, pts),
+        ".ply": lambda: o3d.io.write_point_cloud(str(path), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))),
+    }[suffix]()
+    with pytest.raises(DataError, match=rf"many{suffix}: 1,500 points, over the --max-points limit of 1,499"):
+        read_cloud(path, max_points=1499)
+    assert len(read_cloud(path, max_points=1500)) == 1500  # the limit is inclusive
+
+
+def test_read_cloud__npy_over_max_points_refused_from_its_header(tmp_path):
+    np.lib.format.open_memmap(tmp_path / "scan.npy", "w+", np.float64, (1_000_000, 3)).flush()  # 24 MB
+    peak = peak_while_refusing(
+        lambda: read_cloud(tmp_path / "scan.npy", max_points=999_999),
+        match=r"scan.npy: 1,000,000 points, over the --max-points limit of 999,999",
+    )
+    assert peak < 2**20  # reading the points would take 24 MB
+    assert PointCloudOptions().max_points == 10_000_000
 
 
 def test_normalize_cloud__unit_sphere_and_scale_kept():
@@ -253,3 +286,19 @@ def test_load_clouds__class_split_folders_and_skip_bad(tmp_path):
         load_clouds(tmp_path, 64, "uniform", skip_bad=False, progress=False)
     clouds, labels, splits, skipped = load_clouds(tmp_path, 64, "uniform", skip_bad=True, progress=False)
     assert sorted(splits) == ["test", "test", "train", "train"] and len(skipped) == 1
+
+
+def test_load_clouds__max_points_makes_big_clouds_bad_files(tmp_path):
+    rng = np.random.default_rng(4)
+    for cls in ("a", "b"):
+        (tmp_path / "folders" / cls).mkdir(parents=True)
+        np.save(tmp_path / "folders" / cls / "x.npy", rng.normal(size=(30, 3)))
+    np.save(tmp_path / "folders" / "a" / "big.npy", rng.normal(size=(100, 3)))
+    with pytest.raises(DataError, match=r"big.npy: 100 points, over the --max-points limit of 50"):
+        load_clouds(tmp_path / "folders", 64, "uniform", skip_bad=False, progress=False, max_points=50)
+    clouds, _, _, skipped = load_clouds(tmp_path / "folders", 64, "uniform", True, progress=False, max_points=50)
+    assert len(clouds) == 2 and [name for name, _ in skipped] == [str(tmp_path / "folders" / "a" / "big.npy")]
+    npz = tmp_path / "splits.npz"
+    np.savez(npz, train_points=rng.normal(size=(2, 100, 3)), train_labels=np.array([0, 1]))  # MedMNIST style
+    with pytest.raises(DataError, match=r"splits.npz\[train\]\[0\]: 100 points, over the --max-points limit of 50"):
+        load_clouds(npz, 64, "uniform", skip_bad=False, progress=False, max_points=50)

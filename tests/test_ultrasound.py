@@ -1,3 +1,6 @@
+import struct
+import zlib
+
 import av
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from modalities.ultrasound.data import UltrasoundOptions, build_domain, load_fra
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, read_clip, read_image
 from modalities.ultrasound.phantom import phantom_image
 from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector
+from tests.conftest import peak_while_refusing
 
 EXTS = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
 SMALL = UltrasoundOptions(image_size=32, patch=16)
@@ -57,11 +61,51 @@ def test_read_clip__frames_spread_over_the_clip(tmp_path, suffix):
     np.testing.assert_allclose(frames.mean((1, 2)), np.array([0, 60, 120, 180]) / 255, atol=0.03)
 
 
-def test_read_image__over_pillows_pixel_limit_is_named(tmp_path, monkeypatch):
+def png_claiming(path, width: int, height: int):
+    """A grey 8 x 8 PNG whose header (IHDR) claims ``width`` x ``height``."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))  # Pillow checks the chunk's CRC
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("limit", [1000, 3000])  # 4096 pixels: over twice the limit (Pillow refuses), under (warns)
+def test_read_image__over_max_pixels_named(tmp_path, limit):
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit, a bomb
-    with pytest.raises(DataError, match=r"big.png: cannot read image \(Image size \(4096 pixels\) exceeds limit"):
-        read_image(tmp_path / "big.png")
+    with pytest.raises(
+        DataError, match=rf"big.png: 64x64 image, 4,096 pixels, over the --max-pixels limit of {limit:,}"
+    ):
+        read_image(tmp_path / "big.png", max_pixels=limit)
+    assert read_image(tmp_path / "big.png", max_pixels=4096).shape == (64, 64)  # the limit is inclusive
+
+
+def test_read_image__max_pixels_checked_from_the_header(tmp_path, monkeypatch):
+    bomb = png_claiming(tmp_path / "bomb.png", 10_000, 10_000)
+    peak = peak_while_refusing(
+        lambda: read_image(bomb),
+        match=r"bomb.png: 10000x10000 image, 100,000,000 pixels, over the --max-pixels limit of 89,478,485",
+    )
+    assert peak < 2**20
+    assert UltrasoundOptions().max_pixels == Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's default, left as it was
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a stricter Pillow limit elsewhere in the process
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "ok.png")
+    assert read_image(tmp_path / "ok.png", max_pixels=5000).shape == (64, 64)  # the option decides
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_load_frames__max_pixels_makes_big_images_bad_files(tmp_path):
+    for name, side in (("ok.png", 40), ("wide.png", 100)):
+        Image.fromarray(np.full((side, side), 100, np.uint8)).save(tmp_path / name)
+    samples = [Sample(tmp_path / n, "a") for n in ("ok.png", "wide.png")]
+    opts = UltrasoundOptions(image_size=32, patch=16, max_pixels=40 * 40)
+    with pytest.raises(
+        DataError, match=r"wide.png: 100x100 image, 10,000 pixels, over the --max-pixels limit of 1,600"
+    ):
+        load_frames(samples, opts, skip_bad=False, progress=False)
+    dataset, skipped = load_frames(samples, opts, skip_bad=True, progress=False)
+    assert len(dataset) == 1 and [p for p, _ in skipped] == [str(tmp_path / "wide.png")]
 
 
 @pytest.mark.parametrize("name,reader", [("bad.png", read_image), ("bad.mp4", lambda p: read_clip(p, 4))])

@@ -14,10 +14,17 @@ import torch
 from foundations.vit import Encoder
 from modalities.common import DataError
 from modalities.volume.adapter import VolumeAdapter, volume_config
-from modalities.volume.data import VolumeDataset, find_pairs, find_records, preprocess, segmentation_classes
+from modalities.volume.data import (
+    VolumeDataset,
+    VolumeOptions,
+    find_pairs,
+    find_records,
+    preprocess,
+    segmentation_classes,
+)
 from modalities.volume.io import read_label, read_volume
 from modalities.volume.transforms import INTENSITY, WINDOWS, PipelineConfig, pipeline, to_batch
-from tests.conftest import TINY_ENCODER
+from tests.conftest import TINY_ENCODER, peak_while_refusing
 
 SCT = "medical3d/sct_testing_data"
 
@@ -136,10 +143,50 @@ def test_bad__corrupt_and_truncated_nifti(tmp_path):
     (tmp_path / "noise.nii.gz").write_bytes(gzip.compress(np.random.bytes(2000)))
     with pytest.raises(DataError, match="noise.nii.gz: not a readable NIfTI"):
         read_volume(tmp_path / "noise.nii.gz")
-    good = write_nifti(tmp_path / "cut.nii", np.random.rand(20, 20, 20).astype(np.float32))
-    good.write_bytes(good.read_bytes()[:20000])  # header intact, voxel data cut short
-    with pytest.raises(DataError, match="cut.nii: cannot read the voxel data"):
-        read_volume(good)
+    cut = write_nifti(tmp_path / "cut.nii", np.random.rand(20, 20, 20).astype(np.float32))
+    cut.write_bytes(cut.read_bytes()[:20000])  # header intact, voxel data cut short
+    with pytest.raises(DataError, match=r"cut.nii: truncated, 20,000 bytes where the header needs 32,352 \(352-byte"):
+        read_volume(cut)
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(cut.read_bytes()))  # no size to compare: read and fail
+    with pytest.raises(DataError, match="cut.nii.gz: cannot read the voxel data") as e:
+        read_volume(tmp_path / "cut.nii.gz")
+    assert "\n" not in str(e.value)
+
+
+def header_claiming(path, shape):
+    """A NIfTI file of 4 x 4 x 4 voxels whose header claims ``shape`` (nibabel would not write it)."""
+    write_nifti(path.with_name("small.nii"), np.zeros((4, 4, 4), np.float32))
+    raw = bytearray(path.with_name("small.nii").read_bytes())
+    raw[40:56] = struct.pack("<8h", len(shape), *shape, *[1] * (7 - len(shape)))  # dim[0..7]
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
+def test_bad__header_over_max_voxels_is_refused_before_reading(tmp_path, name):
+    path = header_claiming(tmp_path / name, (512, 512, 512))  # 2**27 voxels in a file of a few hundred bytes
+    records = [{"image": path, "label": 0, "name": str(path)}]
+    cfg = PipelineConfig(roi=(8, 8, 8), intensity="unit")
+    peak = peak_while_refusing(
+        lambda: preprocess(records, cfg, False, 2, None, False, progress=False, max_voxels=2**24),
+        match=rf"{name}: 134,217,728 voxels \(shape \(512, 512, 512\)\), over the --max-voxels limit of 16,777,216",
+    )
+    assert peak < 2**20  # nibabel would allocate the 512 MB the header claims before finding no data
+    items, skipped = preprocess(records, cfg, False, 2, None, True, progress=False, max_voxels=2**24)
+    assert items == [] and "--max-voxels" in skipped[0][1]
+    assert VolumeOptions().max_voxels == 2**28
+    with pytest.raises(DataError, match=r"giant.nii.gz: 1,073,741,824 voxels .* limit of 268,435,456"):
+        read_volume(header_claiming(tmp_path / "giant.nii.gz", (1024, 1024, 1024)))  # the default limit
+
+
+def test_bad__npy_over_max_voxels_is_refused_from_its_header(tmp_path):
+    np.lib.format.open_memmap(tmp_path / "big.npy", "w+", np.float32, (2, 128, 128, 128)).flush()  # 16 MB
+    peak = peak_while_refusing(
+        lambda: read_volume(tmp_path / "big.npy", max_voxels=2**22 - 1),
+        match=r"big.npy: 4,194,304 voxels \(shape \(2, 128, 128, 128\)\), over the --max-voxels limit of 4,194,303",
+    )
+    assert peak < 2**20  # reading the array would take 16 MB
+    assert read_volume(tmp_path / "big.npy", max_voxels=2**22).shape == (2, 128, 128, 128)  # the limit is inclusive
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (16, 16, 1)])
@@ -178,6 +225,26 @@ def test_bad__label_shape_and_values(tmp_path):
     with pytest.raises(DataError, match=r"outside.nii.gz: label values \[3.0\] outside the class set 0..1"):
         read_label(outside, image, 2)
     assert read_label(outside, image, 4).max() == 3
+
+
+def test_bad__label_on_another_grid_than_its_image(tmp_path):
+    affine = np.array([[1.0, 0, 0, -10], [0, 1.0, 0, 20], [0, 0, 2.0, 5], [0, 0, 0, 1]])
+    image = read_volume(write_nifti(tmp_path / "img.nii.gz", np.zeros((6, 6, 4), np.float32), affine=affine))
+    labels = np.zeros((6, 6, 4), np.uint8)
+    shifted = affine + np.array([[0, 0, 0, 2.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])  # 2 mm along x
+    path = write_nifti(tmp_path / "shifted_seg.nii.gz", labels, affine=shifted)
+    with pytest.raises(
+        DataError,
+        match=r"shifted_seg.nii.gz: label on another grid than its image: voxel-to-world affines differ by up to "
+        r"2 mm in origin and 0 mm per voxel in spacing/direction",
+    ):
+        read_label(path, image, 2)
+    stretched = write_nifti(tmp_path / "stretched_seg.nii.gz", labels, affine=affine @ np.diag([1, 1, 1.5, 1]))
+    with pytest.raises(DataError, match=r"stretched_seg.nii.gz: .* 0 mm in origin and 1 mm per voxel"):
+        read_label(stretched, image, 2)
+    rounded = write_nifti(tmp_path / "rounded_seg.nii.gz", labels, affine=affine + 2e-4)  # float32 rounding, as in SCT
+    assert read_label(rounded, image, 2).shape == (1, 6, 6, 4)
+    assert read_label(labels, image, 2).shape == (1, 6, 6, 4)  # an array takes the image's grid
 
 
 def test_bad__skip_bad_files_keeps_the_good_ones(tmp_path):

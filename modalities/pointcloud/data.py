@@ -26,7 +26,14 @@ from modalities.common import (
     require_classes,
 )
 from modalities.pointcloud.adapter import PointCloudConfig
-from modalities.pointcloud.io import EXTENSIONS, check_cloud, load_npz_splits, normalize_cloud, read_cloud
+from modalities.pointcloud.io import (
+    EXTENSIONS,
+    MAX_POINTS,
+    check_cloud,
+    load_npz_splits,
+    normalize_cloud,
+    read_cloud,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +49,19 @@ class PointCloudOptions:
     votes: int = field(default=1, metadata={"help": "test-time voting over augmented views"})
     pointnet_width: int = field(default=128, metadata={"help": "group encoder width (256 = Point-MAE's)"})
     shapes_per_class: int = field(default=40, metadata={"help": "built-in shapes per class"})
+    max_points: int = field(
+        default=MAX_POINTS,
+        metadata={
+            "help": "most points a cloud may hold; more is bad input (a .npy is checked from its header, before "
+            "reading; other formats once read)"
+        },
+    )
 
     def __post_init__(self):
         if self.votes < 1:
             raise ValueError(f"PointCloudOptions.votes must be >= 1, got {self.votes}")
+        if self.max_points < 1:
+            raise ValueError(f"PointCloudOptions.max_points must be >= 1, got {self.max_points}")
         PointCloudConfig(self.points, self.n_groups, self.group_size, pointnet_width=self.pointnet_width)  # validates
 
 
@@ -166,8 +182,11 @@ def shapes_dataset(n_per_class: int, n_points: int, seed: int = 0) -> CloudDatas
     return CloudDataset(clouds, labels, SHAPE_CLASSES, n_points)
 
 
-def load_clouds(data, n_points: int, sampling: str, skip_bad: bool, progress: bool = True):
-    """Read a folder (labels.csv, <class>/ or <class>/<split>/ layouts, or *.npz split arrays).
+def load_clouds(
+    data, n_points: int, sampling: str, skip_bad: bool, progress: bool = True, max_points: int = MAX_POINTS
+):
+    """Read a folder (labels.csv, <class>/ or <class>/<split>/ layouts, or *.npz split arrays);
+    clouds of more than ``max_points`` are bad input.
 
     Returns (clouds, labels, splits, skipped); clouds are unit-sphere float tensors.
     """
@@ -175,14 +194,17 @@ def load_clouds(data, n_points: int, sampling: str, skip_bad: bool, progress: bo
     npz = [data] if data.suffix == ".npz" else sorted(data.glob("*.npz")) if data.is_dir() else []
     if npz and not (data / "labels.csv").is_file():  # (name, read, label, split) per cloud
         items = [
-            (name := f"{path}[{split}][{i}]", partial(check_cloud, p, name), str(int(y)), split)
+            (name := f"{path}[{split}][{i}]", partial(check_cloud, p, name, max_points), str(int(y)), split)
             for path in npz
             for split, (points, ids) in load_npz_splits(path).items()
             for i, (p, y) in enumerate(zip(points, ids, strict=True))
         ]
     else:
         samples = discover(data, EXTENSIONS)
-        items = [(str(s.path), partial(read_cloud, s.path, n_points, sampling), s.label, s.split) for s in samples]
+        items = [
+            (str(s.path), partial(read_cloud, s.path, n_points, sampling, max_points), s.label, s.split)
+            for s in samples
+        ]
     items = tqdm(items, desc="reading point clouds", disable=None if progress else True)
     done, skipped = read_each(items, lambda it: (it[1](), it[2], it[3]), skip_bad, name=lambda it: it[0])
     resampled = sum(len(points) < n_points for points, _, _ in done)
@@ -210,7 +232,7 @@ def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
         card, splits = "data_cards/shapes.md", [None] * len(full)
     else:
         clouds, labels, splits, skipped = load_clouds(
-            source.data, n, opts.sampling, source.skip_bad_files, source.progress
+            source.data, n, opts.sampling, source.skip_bad_files, source.progress, opts.max_points
         )
         if not clouds:
             raise DataError(f"{source.data}: no readable point clouds")
@@ -218,7 +240,7 @@ def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
         card = data_card(source.data, KNOWN_CARDS)
     if source.eval_data is not None:
         more, more_labels, _, more_skipped = load_clouds(
-            source.eval_data, n, opts.sampling, source.skip_bad_files, source.progress
+            source.eval_data, n, opts.sampling, source.skip_bad_files, source.progress, opts.max_points
         )
         check_held_out_classes(more_labels, full.classes, source.eval_data, source.data)
         train, held = full, CloudDataset(more, more_labels, full.classes, n)

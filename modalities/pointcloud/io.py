@@ -15,15 +15,22 @@ CLOUD_EXTENSIONS = (".ply", ".pcd", ".xyz", ".pts")
 MESH_EXTENSIONS = (".off", ".obj", ".stl")
 ARRAY_EXTENSIONS = (".npy", ".npz", ".txt")
 EXTENSIONS = CLOUD_EXTENSIONS + MESH_EXTENSIONS + ARRAY_EXTENSIONS
+MAX_POINTS = 10_000_000  # in one cloud file: 240 MB as float64 xyz while it is read
 
 
-def check_cloud(points: np.ndarray, source) -> np.ndarray:
+def check_point_count(n: int, source, max_points: int) -> None:
+    if n > max_points:
+        raise DataError(f"{source}: {n:,} points, over the --max-points limit of {max_points:,}")
+
+
+def check_cloud(points: np.ndarray, source, max_points: int = MAX_POINTS) -> np.ndarray:
     """xyz (N, 3) float32 of ``points`` (N, 3+; further columns dropped), rejecting what no model
-    should see: no points, NaN/inf, all points equal."""
+    should see: no points, more than ``max_points``, NaN/inf, all points equal."""
     if points.ndim != 2 or points.shape[1] < 3:
         raise DataError(f"{source}: expected points (N, 3+), got shape {points.shape}")
     if len(points) == 0:
         raise DataError(f"{source}: empty point cloud (no points)")
+    check_point_count(len(points), source, max_points)
     if not np.isfinite(points).all():
         raise DataError(f"{source}: NaN or infinite coordinates")
     if np.ptp(points[:, :3], axis=0).max() < 1e-9:
@@ -33,10 +40,12 @@ def check_cloud(points: np.ndarray, source) -> np.ndarray:
     return points[:, :3].astype(np.float32)
 
 
-def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndarray:
+def read_cloud(path, n_points: int = 2048, sampling: str = "uniform", max_points: int = MAX_POINTS) -> np.ndarray:
     """Points (N, 3) float32 from a cloud, mesh or array file (xyz; further columns are dropped).
 
-    Meshes are sampled to ``n_points`` ("uniform" area-weighted, or "poisson" disk).
+    Meshes are sampled to ``n_points`` ("uniform" area-weighted, or "poisson" disk). A cloud of
+    more than ``max_points`` is refused: a ``.npy`` from its header, before the points are read;
+    other formats once read (open3d and np.loadtxt give no count beforehand).
     """
     import open3d as o3d  # imported here: open3d loads slowly and only point clouds need it
 
@@ -50,11 +59,15 @@ def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndar
                 with np.load(path) as z:
                     key = "points" if "points" in z.files else z.files[0]
                     points = z[key]
+            elif suffix == ".npy":
+                points = np.load(path, mmap_mode="r")  # the header only, so far
+                check_point_count(len(points) if points.ndim else 0, path, max_points)
             else:
-                points = np.load(path) if suffix == ".npy" else np.loadtxt(path, ndmin=2)
+                points = np.loadtxt(path, ndmin=2)
+            points = np.array(points, dtype=np.float64)
         except (OSError, ValueError, IndexError, EOFError) as e:  # EOFError: a 0-byte .npy
             raise DataError(f"{path}: cannot read array ({e or 'empty or cut-short file'})") from None
-        return check_cloud(np.asarray(points, dtype=np.float64), path)
+        return check_cloud(points, path, max_points)
     if suffix in MESH_EXTENSIONS or suffix == ".ply":
         mesh = o3d.io.read_triangle_mesh(str(path))
         if mesh.has_triangles():
@@ -65,7 +78,7 @@ def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndar
                 if sampling == "uniform"
                 else mesh.sample_points_poisson_disk(n_points)
             )
-            return check_cloud(np.asarray(pcd.points), path)
+            return check_cloud(np.asarray(pcd.points), path)  # n_points sampled: the limit is on files
         if suffix in MESH_EXTENSIONS:
             raise DataError(f"{path}: no triangles (unreadable or empty mesh)")
     if suffix not in CLOUD_EXTENSIONS:
@@ -73,7 +86,7 @@ def read_cloud(path, n_points: int = 2048, sampling: str = "uniform") -> np.ndar
     pcd = o3d.io.read_point_cloud(str(path))  # open3d warns and returns an empty cloud on bad files
     if not pcd.has_points():
         raise DataError(f"{path}: empty point cloud (no points, or an unreadable {suffix} file)")
-    return check_cloud(np.asarray(pcd.points), path)
+    return check_cloud(np.asarray(pcd.points), path, max_points)
 
 
 def normalize_cloud(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

@@ -29,7 +29,7 @@ from modalities.common import (
     stratified_split,
 )
 from modalities.image.figures import reconstruction_grid
-from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, read_clip, read_image
+from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, MAX_PIXELS, read_clip, read_image
 from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset
 from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector, resize_pair
 
@@ -40,12 +40,21 @@ class UltrasoundOptions:
     patch: int = field(default=16, metadata={"help": "patch size in pixels"})
     frames_per_clip: int = field(default=8, metadata={"help": "frames taken from each cine loop"})
     phantom_per_class: int = field(default=160, metadata={"help": "built-in phantom images per class"})
+    max_pixels: int = field(
+        default=MAX_PIXELS,
+        metadata={
+            "help": "most pixels an image file may hold (Pillow's decompression-bomb default); larger images are "
+            "refused from their header, before decoding"
+        },
+    )
 
     def __post_init__(self):
         if self.image_size % self.patch:
             raise ValueError(f"UltrasoundOptions.image_size {self.image_size} must be a multiple of patch {self.patch}")
         if min(self.frames_per_clip, self.phantom_per_class) < 1:
             raise ValueError("UltrasoundOptions.frames_per_clip and phantom_per_class must be >= 1")
+        if self.max_pixels < 1:
+            raise ValueError(f"UltrasoundOptions.max_pixels must be >= 1, got {self.max_pixels}")
 
 
 class FrameDataset(Dataset):
@@ -104,9 +113,13 @@ def _store(frame: np.ndarray, short: int) -> torch.Tensor:
     return (t[0, 0] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def read_frames(path, frames_per_clip: int, patch: int) -> np.ndarray:
-    """Grey frames (T, H, W) of an image (T = 1) or a cine loop, checked for size and NaNs."""
-    stack = read_clip(path, frames_per_clip) if path.suffix.lower() in CLIP_EXTENSIONS else read_image(path)[None]
+def read_frames(path, frames_per_clip: int, patch: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Grey frames (T, H, W) of an image (T = 1, at most ``max_pixels``) or a cine loop, checked for
+    size and NaNs."""
+    if path.suffix.lower() in CLIP_EXTENSIONS:
+        stack = read_clip(path, frames_per_clip)
+    else:
+        stack = read_image(path, max_pixels)[None]
     if min(stack.shape[-2:]) < patch:
         raise DataError(f"{path}: image is {stack.shape[-2]}x{stack.shape[-1]}, smaller than one {patch}x{patch} patch")
     if not np.isfinite(stack).all():
@@ -119,7 +132,7 @@ def load_frames(samples: list[Sample], opts: UltrasoundOptions, skip_bad: bool, 
     frames, sectors, labels, sources = [], [], [], []
     store = round(opts.image_size * 1.25)
     samples = tqdm(samples, desc="reading ultrasound", disable=None if progress else True)  # None: TTY only
-    read = lambda s: (s, read_frames(s.path, opts.frames_per_clip, opts.patch))  # noqa: E731
+    read = lambda s: (s, read_frames(s.path, opts.frames_per_clip, opts.patch, opts.max_pixels))  # noqa: E731
     stacks, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
     for s, stack in stacks:
         stored = [_store(f, store) for f in stack]

@@ -10,16 +10,29 @@ from modalities.common import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CLIP_EXTENSIONS = (".mp4", ".avi", ".mov", ".mpeg", ".mpg")
+MAX_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS: a quarter GiB as 24-bit colour
 
 
-def read_image(path) -> np.ndarray:
-    """Grey image (H, W) float32 in [0, 1]; 8- and 16-bit files, grey or colour."""
+def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Grey image (H, W) float32 in [0, 1]; 8- and 16-bit files, grey or colour. An image of more
+    than ``max_pixels`` pixels is refused from its header, before any pixel is decoded."""
+    # Pillow's own guard (Image.MAX_IMAGE_PIXELS) only warns up to twice its limit and then names
+    # the doubled figure; it is lifted while the exact check below, on the header, takes its place
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        with Image.open(path) as im:  # parses the header; pixels are decoded by load()
+            width, height = im.size
+            if width * height <= max_pixels:
+                im.load()
+                arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    if width * height > max_pixels:
+        raise DataError(
+            f"{path}: {width}x{height} image, {width * height:,} pixels, over the --max-pixels limit of {max_pixels:,}"
+        )
     scale = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0
     arr = arr.astype(np.float32) / scale
     if arr.ndim == 3:

@@ -30,6 +30,7 @@ from modalities.common import (
 from modalities.volume.adapter import volume_config
 from modalities.volume.io import (
     EXTENSIONS,
+    MAX_VOXELS,
     NIFTI_EXTENSIONS,
     check_voxels,
     has_extension,
@@ -101,6 +102,13 @@ class VolumeOptions:
     mix_2d: float = field(default=0.0, metadata={"help": "fraction of pretraining batches that are 2-D slices"})
     synthetic_per_class: int = field(default=64, metadata={"help": "built-in synthetic volumes per class"})
     synthetic_size: int = field(default=64, metadata={"help": "side of the built-in synthetic volumes"})
+    max_voxels: int = field(
+        default=MAX_VOXELS,
+        metadata={
+            "help": "most voxels a volume file may hold, all channels and 4-D volumes together (2**28: 1 GiB "
+            "as float32); larger headers are refused before any voxel is read"
+        },
+    )
 
     def __post_init__(self):
         for name, parse in (("spacing", triple(float)), ("roi", triple(int)), ("patch", triple(int))):
@@ -112,6 +120,8 @@ class VolumeOptions:
             raise ValueError(f"VolumeOptions.mix_2d must be in [0, 1), got {self.mix_2d}")
         if self.crops < 1:
             raise ValueError(f"VolumeOptions.crops must be >= 1, got {self.crops}")
+        if self.max_voxels < 1:
+            raise ValueError(f"VolumeOptions.max_voxels must be >= 1, got {self.max_voxels}")
         volume_config(1, self.patch, self.roi)  # validates patch and roi
 
     def pipeline(self) -> PipelineConfig:
@@ -129,6 +139,11 @@ class VolumeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items) * self.repeat
 
+    def reseed(self, seed: int) -> None:
+        """MONAI's random transforms draw from their own generators (``foundations.train.Seeded``)."""
+        if self.transform is not None:
+            self.transform.set_random_state(seed)
+
     def __getitem__(self, i: int) -> dict:
         d = dict(self.items[i % len(self.items)])
         # "is not None": bool(Compose) calls len(), which flattens it into a new Compose whose
@@ -137,9 +152,19 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self.to_sample(d[0] if isinstance(d, list) else d)  # MONAI's sampling crops return a list
 
 
-def preprocess(records: list[dict], cfg: PipelineConfig, segment: bool, n_classes: int, four_d, skip_bad, progress):
+def preprocess(
+    records: list[dict],
+    cfg: PipelineConfig,
+    segment: bool,
+    n_classes: int,
+    four_d,
+    skip_bad,
+    progress,
+    max_voxels: int = MAX_VOXELS,
+):
     """Read and prepare each record {"image": path or array, "label": class index, label path or
-    -1, "name"} once; bad files raise a ``DataError`` naming them, or are skipped and listed."""
+    -1, "name"} once; bad files (more than ``max_voxels`` among them) raise a ``DataError`` naming
+    them, or are skipped and listed."""
     select, stack = (None, True) if four_d == "stack" else (four_d, False)
     transform = pipeline(cfg, "prepare", segment)
 
@@ -148,8 +173,8 @@ def preprocess(records: list[dict], cfg: PipelineConfig, segment: bool, n_classe
         if isinstance(image, np.ndarray):
             image = to_meta(check_voxels(image, rec["name"]), np.eye(4), rec["name"])  # arrays: 1 mm voxels
         else:
-            image = read_volume(image, select, stack)
-        label = read_label(rec["label"], image, n_classes) if segment else rec["label"]
+            image = read_volume(image, select, stack, max_voxels)
+        label = read_label(rec["label"], image, n_classes, max_voxels) if segment else rec["label"]
         try:
             item = transform({"image": image, "label": label})
         except Exception as e:  # MONAI wraps failures in RuntimeError; name the file
@@ -354,7 +379,9 @@ def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
         pipe = dataclasses.replace(pipe, intensity="unit" if arrays else "mri")
 
     def read(recs):
-        return preprocess(recs, pipe, segment, len(classes), opts.volume_4d, source.skip_bad_files, source.progress)
+        return preprocess(
+            recs, pipe, segment, len(classes), opts.volume_4d, source.skip_bad_files, source.progress, opts.max_voxels
+        )
 
     if source.eval_data is not None:
         more, more_classes = find_records(source.eval_data, segment)

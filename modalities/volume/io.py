@@ -14,6 +14,8 @@ from modalities.common import DataError
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 ARRAY_EXTENSIONS = (".npy", ".npz")
 EXTENSIONS = NIFTI_EXTENSIONS + ARRAY_EXTENSIONS
+MAX_VOXELS = 2**28  # voxels in one file, all channels and 4-D volumes together: 1 GiB as float32
+AFFINE_TOLERANCE_MM = 1e-3  # a label's voxel-to-world map may differ from its image's by float rounding only
 
 
 def has_extension(path, extensions=EXTENSIONS) -> bool:
@@ -27,11 +29,19 @@ def check_voxels(array: np.ndarray, source) -> np.ndarray:
     return array
 
 
-def read_nifti(path, select: int | None = None, stack: bool = False):
+def check_voxel_count(shape: tuple[int, ...], source, max_voxels: int) -> None:
+    n = math.prod(shape)
+    if n > max_voxels:
+        raise DataError(f"{source}: {n:,} voxels (shape {tuple(shape)}), over the --max-voxels limit of {max_voxels:,}")
+
+
+def read_nifti(path, select: int | None = None, stack: bool = False, max_voxels: int = MAX_VOXELS):
     """(C, X, Y, Z) float32 array and its 4x4 affine from a NIfTI file.
 
     A 4-D file (DWI, fMRI) needs an explicit choice: ``select`` one volume (index along the 4th
-    axis) or ``stack`` all of them as channels. A trailing axis of length 1 is dropped.
+    axis) or ``stack`` all of them as channels. A trailing axis of length 1 is dropped. A header
+    claiming more than ``max_voxels`` voxels (all volumes together), or an uncompressed file
+    shorter than its header says, is refused before any voxel is read.
 
     nibabel is used directly rather than through MONAI's ``LoadImage``: the checks below need the
     raw header (nibabel's load replaces zero or negative spacing silently) and the 4-D decision
@@ -46,8 +56,18 @@ def read_nifti(path, select: int | None = None, stack: bool = False):
         with nib.openers.ImageOpener(path) as f:  # nibabel's load "fixes" zero or negative spacing: read it raw
             raw = type(img.header).from_fileobj(f, check=False)
         zooms = [float(z) for z in raw["pixdim"][1:4]] + np.linalg.norm(img.affine[:3, :3], axis=0).tolist()
+        offset, voxel_bytes = int(img.dataobj.offset), img.header.get_data_dtype().itemsize
     except Exception as e:  # nibabel raises many types for bad headers
         raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    # nibabel reads exactly the header's number of bytes, so this also bounds what a .nii.gz can
+    # expand to, however much compressed data follows the header
+    check_voxel_count(img.shape, path, max_voxels)
+    n_voxels = math.prod(img.shape)
+    if path.name.lower().endswith(".nii") and path.stat().st_size < offset + n_voxels * voxel_bytes:
+        raise DataError(
+            f"{path}: truncated, {path.stat().st_size:,} bytes where the header needs "
+            f"{offset + n_voxels * voxel_bytes:,} ({offset}-byte header + {n_voxels:,} voxels x {voxel_bytes} bytes)"
+        )
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) < 3 or shape[2] == 1:
@@ -66,7 +86,8 @@ def read_nifti(path, select: int | None = None, stack: bool = False):
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3] + (-1,))
     except Exception as e:  # truncated or corrupt data block (EOFError, zlib.error, ValueError, ...)
-        raise DataError(f"{path}: cannot read the voxel data ({type(e).__name__}: {e})") from e
+        message = " ".join(str(e).split())  # nibabel's can span lines
+        raise DataError(f"{path}: cannot read the voxel data ({type(e).__name__}: {message})") from e
     data = np.moveaxis(data, -1, 0)  # (C, X, Y, Z)
     if len(shape) == 4 and not stack:
         data = data[select : select + 1 if select != -1 else None]
@@ -84,16 +105,19 @@ def to_meta(array: np.ndarray, affine, source):
     )
 
 
-def read_volume(path, select: int | None = None, stack: bool = False):
-    """A (C, X, Y, Z) MetaTensor from a NIfTI file or a single ``.npy`` array (1 mm spacing)."""
+def read_volume(path, select: int | None = None, stack: bool = False, max_voxels: int = MAX_VOXELS):
+    """A (C, X, Y, Z) MetaTensor from a NIfTI file or a single ``.npy`` array (1 mm spacing); more
+    than ``max_voxels`` voxels are refused from the file's header."""
     path = Path(path)
     if has_extension(path, NIFTI_EXTENSIONS):
-        array, affine = read_nifti(path, select, stack)
+        array, affine = read_nifti(path, select, stack, max_voxels)
     elif path.name.lower().endswith(".npy"):
         try:
-            array = np.load(path, allow_pickle=False).astype(np.float32)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, so far
         except Exception as e:
             raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from e
+        check_voxel_count(array.shape, path, max_voxels)
+        array = np.array(array, dtype=np.float32)  # read into memory
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
@@ -104,16 +128,25 @@ def read_volume(path, select: int | None = None, stack: bool = False):
     return to_meta(array, affine, path)
 
 
-def read_label(path, image, n_classes: int):
-    """A segmentation label volume (1, X, Y, Z), from a file or an (X, Y, Z) array, that matches
-    ``image`` and holds only classes 0 .. n_classes - 1."""
+def read_label(path, image, n_classes: int, max_voxels: int = MAX_VOXELS):
+    """A segmentation label volume (1, X, Y, Z), from a file or an (X, Y, Z) array, on the grid of
+    ``image`` (same shape; a file's affine equal to the image's within ``AFFINE_TOLERANCE_MM``; an
+    array takes the image's) holding only classes 0 .. n_classes - 1."""
     label = (
         to_meta(path[None].astype(np.float32), image.affine, "label array")
         if isinstance(path, np.ndarray)
-        else read_volume(path)
+        else read_volume(path, max_voxels=max_voxels)
     )
     if label.shape[1:] != image.shape[1:] or label.shape[0] != 1:
         raise DataError(f"{path}: label shape {tuple(label.shape[1:])} differs from its image {tuple(image.shape[1:])}")
+    ours, theirs = (torch.as_tensor(a, dtype=torch.float64).numpy() for a in (label.affine, image.affine))
+    if not np.allclose(ours, theirs, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        diff = np.abs(ours - theirs)
+        raise DataError(
+            f"{path}: label on another grid than its image: voxel-to-world affines differ by up to "
+            f"{diff[:3, 3].max():.3g} mm in origin and {diff[:3, :3].max():.3g} mm per voxel in "
+            f"spacing/direction (tolerance {AFFINE_TOLERANCE_MM} mm)"
+        )
     values = torch.unique(label)
     bad = [v.item() for v in values if v != v.round() or not 0 <= v < n_classes]
     if bad:
