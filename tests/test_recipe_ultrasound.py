@@ -21,7 +21,7 @@ from modalities import build_adapter, load_encoder
 from modalities.common import DataSource
 from modalities.ultrasound.data import UltrasoundOptions, build_domain
 from tasks.pretrain import held_out_reconstruction
-from tests.conftest import launch_recipe
+from tests.conftest import assert_no_pickle, launch_recipe
 
 pytestmark = pytest.mark.e2e
 SMALL = [
@@ -76,19 +76,23 @@ def test_two_process_run_writes_every_output(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log} == {"pretrain", "probe", "probe_random_init", "finetune"}  # with its baseline
 
+    assert len(assert_no_pickle(out)) > 20  # checkpoints of three stages, encoder, pictures, metrics, log
+
     encoder = load_encoder(out / "encoder")  # the one-call load of a saved run
     feats = encoder(torch.rand(2, 1, 64, 64)).features
     assert feats.shape == (2, 64) and torch.isfinite(feats).all()
     assert encoder.info["data_card"] == "data_cards/ultrasound_phantom.md"
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
+def test_a_second_run_into_a_folder_with_checkpoints_stops_and_resume_must_keep_the_schedule(tmp_path):
     out = tmp_path / "run"
-    launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out))
-    proc = launch(*SMALL, "--stage", "pretrain", "--max-steps", "8", "--out", str(out), "--resume")
-    assert "resumed from" in proc.stdout + proc.stderr and "step_0000004" in proc.stdout + proc.stderr
-    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == [4, 8]  # log_every 10: one record at each stage end, the second run did steps 5..8
+    launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out), direct=True)
+    again = launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out), check=False, direct=True)
+    assert again.returncode == 2
+    assert "holds checkpoints of an earlier run; --resume to continue it, --overwrite to start over" in again.stderr
+    longer = [*SMALL, "--stage", "pretrain", "--max-steps", "8", "--out", str(out), "--resume"]
+    changed = launch(*longer, check=False, direct=True)
+    assert changed.returncode == 2 and "max_steps 4 -> 8" in changed.stderr.strip().splitlines()[-1]
 
 
 def test_probe_and_finetune_from_a_saved_encoder(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from modalities.volume.data import synthetic_records
 from modalities.volume.segmentation import load_segmenter, segment_files
-from tests.conftest import launch_recipe
+from tests.conftest import assert_no_pickle, launch_recipe
 
 pytestmark = pytest.mark.e2e
 SMALL = ["--preset", "micro", "--batch-size", "4", "--checkpoint-every", "50"]
@@ -31,6 +31,7 @@ def test_two_process_segmentation_run_mixing_2d_slices_and_3d_crops(tmp_path):
     for key in ("pretrain/eval_loss", "probe/dice_mean", "finetune/dice_mean", "finetune/dice/sphere"):
         assert np.isfinite(metrics[key]), key
     assert (out / "encoder" / "model.safetensors").is_file() and list((out / "reconstructions").glob("*.png"))
+    assert {p.suffix for p in assert_no_pickle(out)} >= {".safetensors", ".json", ".gz", ".png", ".yaml"}
     for stage in ("probe", "finetune"):  # one picture and one label volume per held-out volume
         assert len(list((out / "segmentations" / stage).glob("*.png"))) == metrics["data/eval_volumes"]
         assert len(list((out / "segmentations" / stage).glob("*_pred.nii.gz"))) == metrics["data/eval_volumes"]

@@ -152,6 +152,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self.to_sample(d[0] if isinstance(d, list) else d)  # MONAI's sampling crops return a list
 
 
+class Mixed(ConcatDataset):
+    """3-D crops and 2-D slices in one dataset (``--mix-2d``), reseeded together."""
+
+    def reseed(self, seed: int) -> None:
+        for part in self.datasets:
+            part.reseed(seed)
+
+
 def preprocess(
     records: list[dict],
     cfg: PipelineConfig,
@@ -414,7 +422,7 @@ def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
         repeat = max(1, math.ceil(n_slices / len(train)))
         slices = VolumeDataset(train, pipeline(pipe, "slices", segment, source.seed), repeat=repeat, slices=True)
         batch_groups = [0] * len(pretrain) + [1] * len(slices)
-        pretrain = ConcatDataset([pretrain, slices])
+        pretrain = Mixed([pretrain, slices])
     centre = pipeline(pipe, "eval", segment)
     return DomainData(
         pretrain=pretrain,
