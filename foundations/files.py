@@ -15,7 +15,8 @@ def replacing(path) -> Iterator[Path]:
     """``with replacing(p) as tmp: write tmp`` -> ``p`` is replaced by the finished ``tmp``; an error
     inside the block leaves ``p`` as it was and removes ``tmp``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    stem, dot, extension = path.name.partition(".")  # the extension stays last: writers pick formats by it
+    tmp = path.with_name(f".{stem}.{os.getpid()}.tmp{dot}{extension}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from foundations.checkpoint import load_state, save_pretrained
+from foundations.files import replacing
 from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
 from foundations.masking import sample_generators
 from foundations.train import TrainConfig
@@ -67,7 +68,8 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
         model.eval()
         image = data.render(model, view["x"], view.get("valid"))
         model.train()
-        Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(pictures / f"step_{step:06d}.png")
+        with replacing(pictures / f"step_{step:06d}.png") as tmp:
+            Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(tmp)
 
     # each sample's mask is drawn from its own key: the same masks however the batch is split
     loss = lambda m, b: m(b["x"], b.get("valid"), generator=sample_generators(b["key"])).loss  # noqa: E731

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foundations.files import replacing
 from modalities.common import DataError
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
@@ -165,4 +166,6 @@ def save_labels(path: Path, labels: torch.Tensor, affine) -> None:
     """A label volume as uint8 NIfTI with ``affine``."""
     import nibabel as nib
 
-    nib.save(nib.Nifti1Image(labels.cpu().numpy().astype("uint8"), torch.as_tensor(affine).cpu().numpy()), path)
+    image = nib.Nifti1Image(labels.cpu().numpy().astype("uint8"), torch.as_tensor(affine).cpu().numpy())
+    with replacing(path) as tmp:
+        nib.save(image, tmp)

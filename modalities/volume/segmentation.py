@@ -185,7 +185,8 @@ def save_prediction(save_dir: Path, item: dict, name: str, image, truth, pred) -
     top = max(1, int(truth.max()), int(pred.max()))
     panels = [panels[0]] + [p / top for p in panels[1:]]
     row = torch.cat([p.cpu().T.flip(0) for p in panels], dim=1)  # radiological view, side by side
-    Image.fromarray((row.clamp(0, 1).numpy() * 255).round().astype("uint8")).save(save_dir / f"{stem}.png")
+    with replacing(save_dir / f"{stem}.png") as tmp:
+        Image.fromarray((row.clamp(0, 1).numpy() * 255).round().astype("uint8")).save(tmp)
 
 
 @torch.no_grad()
