@@ -42,7 +42,8 @@ export MAE_SHARED_DATA=${MAE_SHARED_DATA:-$PWD/../shared/data}
 cmd=${1:-main}
 shift || true
 case "$cmd" in
-  main) exec accelerate launch recipes/ultrasound.py "$@" ;;
+  # the demo starts over each time it is run bare; given flags (e.g. --resume), they decide
+  main) if [ $# -eq 0 ]; then set -- --overwrite; fi; exec accelerate launch recipes/ultrasound.py "$@" ;;
   test) exec python -m pytest "$@" ;;
   exec) exec "$@" ;;
   *) echo "usage: ./mae.sh main|test|exec CMD..." >&2; exit 2 ;;
