@@ -113,7 +113,8 @@ class MaskedAutoencoder(nn.Module):
         return latent, coords, plan
 
     def forward_decoder(self, latent, coords, plan: MaskPlan, ids_pred=None):
-        ids_pred = plan.ids_hide if ids_pred is None else ids_pred
+        if ids_pred is None:
+            ids_pred = plan.ids_hide if plan.ids_pred is None else plan.ids_pred
         return self.decoder(latent, coords, plan.ids_keep, ids_pred, self.encoder.n_prefix), ids_pred
 
     def forward_loss(self, target, weights, pred, ids_pred):

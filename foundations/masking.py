@@ -13,6 +13,12 @@ mask: the ``n_hide`` lowest scores are hidden.
   spatially contiguous blobs as in GMML (Atito et al. 2021) and Point-MAE's block masking; it works
   on grids and on irregular token sets (point-group centres) alike.
 - tube: one random score per tube, shared along ``axis``, as in VideoMAE (Tong et al. 2022).
+
+What the decoder reconstructs (``decode``): every hidden token (MAE), or with "running_cell" the
+half of them that VideoMAE V2's dual masking picks (Wang et al. 2023): in every 2x2 cell of the
+two axes other than ``tube_axis``, two positions of four (in raster order, rolled by one per step
+along ``tube_axis``), so each tube is reconstructed at two steps of every four and the decoder does
+about half the work.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ class MaskConfig:
     ratio: float = 0.75
     block_tokens: int = 16  # block: mean tokens per block (seeds = n_hide / block_tokens)
     tube_axis: int = 0  # tube: coordinate axis that tubes run along
+    decode: str = "hidden"  # hidden | running_cell: which hidden tokens the decoder reconstructs
 
     def __post_init__(self):
         if self.strategy not in ("random", "block", "tube"):
             raise ValueError(f"MaskConfig.strategy must be random|block|tube, got {self.strategy!r}")
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"MaskConfig.ratio must be in (0, 1), got {self.ratio}")
+        if self.decode not in ("hidden", "running_cell"):
+            raise ValueError(f"MaskConfig.decode must be hidden|running_cell, got {self.decode!r}")
         if self.block_tokens < 1:
             raise ValueError(f"MaskConfig.block_tokens must be >= 1, got {self.block_tokens}")
 
@@ -43,6 +52,7 @@ class MaskPlan(NamedTuple):
     mask: torch.Tensor  # (B, N) bool, True = hidden
     ids_keep: torch.Tensor  # (B, N_vis) long, indices of visible tokens
     ids_hide: torch.Tensor  # (B, N_hide) long, indices of hidden tokens
+    ids_pred: torch.Tensor | None = None  # (B, M) long, the hidden tokens to reconstruct; None: all
 
 
 def sample_generators(keys: torch.Tensor) -> list[torch.Generator]:
@@ -113,10 +123,30 @@ def tube_masking(coords: torch.Tensor, ratio: float, axis: int, generator=None) 
     return plan_from_scores(scores, n_hide)
 
 
+def running_cell(coords: torch.Tensor, plan: MaskPlan, axis: int, generator=None) -> torch.Tensor:
+    """-> ids_pred (B, n_hide // 2): the hidden tokens on VideoMAE V2's running cell (one random
+    phase per sample), topped up with other hidden tokens where a grid's edges leave fewer, so
+    that every sample reconstructs the same count. coords: (B, N, k) grid indices."""
+    B, N, k = coords.shape
+    y, x = (coords[..., a].long() for a in range(k) if a != axis % k)  # the two axes across the tube
+    t = coords[..., axis % k].long()
+    phase = (_rand((B, 1), coords.device, generator) * 4).long()  # (B, 1)
+    on = ((y % 2) * 2 + x % 2 - t - phase) % 4 < 2  # (B, N): V2's cell (1, 1, 0, 0), rolled each step
+    hidden_on = on.gather(1, plan.ids_hide)  # (B, N_hide)
+    # on-cell hidden tokens first (random order within each group keeps the top-up unbiased)
+    score = hidden_on.float() + _rand(tuple(hidden_on.shape), coords.device, generator) * 0.5
+    order = score.argsort(dim=1, descending=True)[:, : plan.ids_hide.shape[1] // 2]
+    return plan.ids_hide.gather(1, order)
+
+
 def make_mask(cfg: MaskConfig, coords: torch.Tensor, generator=None) -> MaskPlan:
     """coords: (B, N, k) -> MaskPlan with an exact hidden count per sample."""
     if cfg.strategy == "random":
-        return random_masking(coords, cfg.ratio, generator)
-    if cfg.strategy == "block":
-        return block_masking(coords, cfg.ratio, cfg.block_tokens, generator)
-    return tube_masking(coords, cfg.ratio, cfg.tube_axis, generator)
+        plan = random_masking(coords, cfg.ratio, generator)
+    elif cfg.strategy == "block":
+        plan = block_masking(coords, cfg.ratio, cfg.block_tokens, generator)
+    else:
+        plan = tube_masking(coords, cfg.ratio, cfg.tube_axis, generator)
+    if cfg.decode == "running_cell":
+        plan = plan._replace(ids_pred=running_cell(coords, plan, cfg.tube_axis, generator))
+    return plan

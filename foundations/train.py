@@ -221,6 +221,7 @@ def fit(
     micro = step * acc.gradient_accumulation_steps
     epoch, skip = divmod(micro, len(loader))
     running, n_running, t0, last_loss = 0.0, 0, time.perf_counter(), float("nan")
+    waited, t_log, t_asked = 0.0, t0, t0  # seconds spent waiting for batches since the last record
     step_sum, step_n = 0.0, 0  # this optimizer step's micro-batch losses
     model.train()
     while step < cfg.max_steps:
@@ -228,6 +229,7 @@ def fit(
         batches = acc.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in batches:
+            waited += time.perf_counter() - t_asked
             set_seed(derive_seed(cfg.seed, stage, acc.process_index, micro))
             micro += 1
             with acc.accumulate(model):
@@ -254,6 +256,7 @@ def fit(
             value = loss.item()
             running, n_running, step_sum, step_n = running + value, n_running + 1, step_sum + value, step_n + 1
             if not acc.sync_gradients:
+                t_asked = time.perf_counter()
                 continue
             scheduler.step()
             step += 1
@@ -264,12 +267,15 @@ def fit(
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mean = acc.reduce(torch.tensor(running / n_running, device=acc.device), "mean").item()
                 last_loss, running, n_running = mean, 0.0, 0
+                now = time.perf_counter()
+                data_wait, waited, t_log = waited / max(now - t_log, 1e-9), 0.0, now
                 record = {
                     "stage": stage,
                     "step": step,
                     "loss": mean,
                     "lr": scheduler.get_last_lr()[0],
-                    "elapsed_s": round(time.perf_counter() - t0, 2),
+                    "elapsed_s": round(now - t0, 2),
+                    "data_wait": round(data_wait, 4),  # fraction of the time waiting for data (main process)
                 }
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{record['lr']:.2e}")
                 if not interactive and (step % (cfg.log_every * 10) == 0 or step == cfg.max_steps):
@@ -292,6 +298,7 @@ def fit(
                     "schedule": schedule,
                 }
                 save_checkpoint(acc, ckpt_dir, model, optimizer, state, cfg.keep_checkpoints)
+            t_asked = time.perf_counter()
             if step >= cfg.max_steps:
                 break
         epoch += 1

@@ -111,3 +111,38 @@ def test_sample_generators__a_samples_mask_does_not_depend_on_its_batch(strategy
     assert torch.equal(reordered, whole.flip(0))
     check_plan(make_mask(cfg, coords, sample_generators(keys)), 64, 48)
     assert len({tuple(m.tolist()) for m in whole}) == 6  # different keys, different masks
+
+
+def test_running_cell__half_the_hidden_tokens_each_tube_at_two_steps_of_four():
+    coords = grid(8, 4, 4).expand(3, -1, -1)  # (t, y, x)
+    cfg = MaskConfig("tube", 0.75, tube_axis=0, decode="running_cell")
+    plan = make_mask(cfg, coords, torch.Generator().manual_seed(0))
+    n_hide = plan.ids_hide.shape[1]
+    assert plan.ids_pred.shape == (3, n_hide // 2)
+    for b in range(3):
+        pred = set(plan.ids_pred[b].tolist())
+        assert pred <= set(plan.ids_hide[b].tolist())  # only hidden tokens are reconstructed
+        tyx = coords[b, plan.ids_pred[b]].long()
+        for y, x in {(int(y), int(x)) for _, y, x in tyx}:  # every hidden tube: two steps of every four
+            steps = sorted(int(t) for t, yy, xx in tyx if (yy, xx) == (y, x))
+            phases = sorted({s % 4 for s in steps})  # two neighbouring phases of the cycle of four
+            assert len(steps) == 4 and len(phases) == 2 and phases[1] - phases[0] in (1, 3)
+        cells = tyx[tyx[:, 0] == 0]  # one step: per 2x2 cell, two of four positions
+        assert len({(int(y) % 2, int(x) % 2) for _, y, x in cells}) == 2
+
+
+def test_running_cell__the_decoder_predicts_only_the_subset():
+    import dataclasses
+
+    from foundations.grid import GridAdapter, GridConfig
+    from foundations.mae import MaskedAutoencoder
+    from tests.conftest import TINY_MAE, image_adapter  # noqa: F401
+
+    class Video(GridAdapter):
+        name = "video_test"
+
+    cfg = dataclasses.replace(TINY_MAE, mask=MaskConfig("tube", 0.75, decode="running_cell"))
+    mae = MaskedAutoencoder(Video(GridConfig(3, (2, 8, 8), (8, 32, 32), (0.0,), (1.0,)), 32), cfg)
+    out = mae(torch.rand(2, 3, 8, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert out.pred.shape[1] == out.mask.sum(1)[0] // 2 and out.ids_pred.shape == out.pred.shape[:2]
+    assert out.mask.gather(1, out.ids_pred).all()

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -246,3 +247,35 @@ def test_fit__a_resume_logs_each_step_once(tmp_path):
     fit(model(), loader(), mse, CFG, make_accelerator("no", seed=1), tmp_path, "toy", resume=True)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
+
+
+class Slow(torch.utils.data.Dataset):
+    def __init__(self, delay):
+        self.data, self.delay = problem(), delay
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if self.delay:
+            time.sleep(self.delay)
+        return self.data[i]
+
+
+def test_fit__the_log_records_the_share_of_time_spent_waiting_for_data(tmp_path):
+    cfg = TrainConfig(max_steps=4, batch_size=32, warmup_steps=1, checkpoint_every=100, log_every=2)
+    shares = []
+    for delay in (0.0, 0.002):  # a step takes 10 ms; batches take next to nothing, then 64 ms
+        out = tmp_path / str(delay)
+        fit(
+            model(),
+            DataLoader(Slow(delay), 32, shuffle=True, drop_last=True),
+            mse,
+            cfg,
+            make_accelerator("no"),
+            out,
+            "t",
+        )
+        shares.append(max(json.loads(line)["data_wait"] for line in (out / "log.jsonl").read_text().splitlines()))
+    print(f"data_wait without and with a slow loader: {shares}")
+    assert shares[0] < 0.4 and 0.75 < shares[1] <= 1.0
