@@ -62,7 +62,9 @@ class DomainData:
     info: dict = field(default_factory=dict)  # figures about the data for metrics.json
     batch_groups: list[int] | None = None  # of every pretraining item; a batch holds one (2-D/3-D mixes)
     held_out_recon: Dataset | None = None  # held-out items for reconstruction figures; default held_out
-    held_out_augmented: Dataset | None = None  # held-out split with test-time augmentation (voting)
+    # more views of the held-out split (the same items in the same order: other clips and crops of
+    # a video, augmented clouds); fine-tuning sums the logits of held_out and every view
+    held_out_views: list[Dataset] = field(default_factory=list)
     multi_label: bool = False  # "y" is (classes,) 0/1, several classes per item
     preprocessing: dict = field(default_factory=dict)  # saved with the encoder: how to prepare new inputs
     # raw_features(dataset) -> (features (N, F), targets): the raw input reduced the obvious way for

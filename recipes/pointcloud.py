@@ -5,10 +5,8 @@ accelerate launch recipes/pointcloud.py --data DIR       # <class>/<split>/<file
 accelerate launch --multi_gpu --num_processes 2 recipes/pointcloud.py --stage pretrain
 """
 
-import functools
 
 from modalities.pointcloud.data import PointCloudOptions, build_domain
-from tasks import classify
 from tasks.options import parse
 from tasks.run import run, run_main
 
@@ -18,8 +16,7 @@ CPU_DEFAULTS = {"max_steps": 200, "finetune_steps": 60}
 
 def main():
     opts = parse("pointcloud", __doc__.splitlines()[0], PointCloudOptions, CPU_DEFAULTS)
-    finetune = functools.partial(classify.finetune, votes=opts.domain.votes)
-    run(opts, build_domain(opts.source, opts.domain), {"finetune": finetune})
+    run(opts, build_domain(opts.source, opts.domain))
 
 
 if __name__ == "__main__":

@@ -120,17 +120,12 @@ def linear_probe(session: Session, data: DomainData, features, opts: FinetuneOpt
     return {f"{stage}/{k}": v for k, v in metrics(data, logits, eval_y).items()}
 
 
-def finetune(
-    session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, votes: int = 1, mix: float = 0.0
-) -> dict:
+def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, mix: float = 0.0) -> dict:
     """Fine-tune encoder + head; ``mix`` > 0 mixes the training batches (mixup's alpha; inputs must
-    be tensors whose weighted sum is an input, as spectrograms and images are); with ``votes`` > 1,
-    held-out logits are summed over the plain view and ``votes - 1`` passes over
-    ``data.held_out_augmented`` (test-time voting)."""
+    be tensors whose weighted sum is an input, as spectrograms and images are). Held-out logits are
+    summed over ``data.held_out`` and every one of ``data.held_out_views`` (test-time views)."""
     check_encoder(encoder_dir, data.adapter)
     acc = session.acc
-    if votes > 1 and data.held_out_augmented is None:
-        raise ValueError("test-time voting needs DomainData.held_out_augmented")
     encoder = load_encoder(encoder_dir)
     cfg_dp = dataclasses.replace(encoder.cfg, drop_path=opts.drop_path)
     if cfg_dp != encoder.cfg:  # rebuild with stochastic depth, same weights
@@ -152,6 +147,6 @@ def finetune(
     session.fit(model, dl, loss, cfg, "finetune", param_groups=param_groups)
     model = acc.unwrap_model(model)
     logits, labels = predict(model, data.held_out, session)
-    for _ in range(votes - 1):  # same order, augmented views
-        logits = logits + predict(model, data.held_out_augmented, session)[0]
+    for view in data.held_out_views:  # the same items in the same order, other views
+        logits = logits + predict(model, view, session)[0]
     return {f"finetune/{k}": v for k, v in metrics(data, logits, labels).items()}

@@ -260,7 +260,7 @@ def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
         adapter={"name": "pointcloud", **asdict(adapter)},
         data_card=card,
         render=render_reconstruction,
-        held_out_augmented=held.subset(range(len(held)), mild),
+        held_out_views=[held.subset(range(len(held)), mild)] * (opts.votes - 1),  # fresh draws each pass
         info={
             "train_clouds": len(train),
             "eval_clouds": len(held),
