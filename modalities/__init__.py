@@ -15,6 +15,7 @@ from modalities.audio.adapter import AudioAdapter
 from modalities.image.adapter import ImageAdapter
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
 from modalities.ultrasound.adapter import UltrasoundAdapter
+from modalities.video.adapter import VideoAdapter
 from modalities.volume.adapter import VolumeAdapter
 
 ADAPTERS = {
@@ -23,6 +24,7 @@ ADAPTERS = {
     "pointcloud": (PointCloudAdapter, PointCloudConfig),
     "volume": (VolumeAdapter, GridConfig),
     "audio": (AudioAdapter, GridConfig),
+    "video": (VideoAdapter, GridConfig),
 }
 
 

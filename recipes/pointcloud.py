@@ -5,7 +5,6 @@ accelerate launch recipes/pointcloud.py --data DIR       # <class>/<split>/<file
 accelerate launch --multi_gpu --num_processes 2 recipes/pointcloud.py --stage pretrain
 """
 
-
 from modalities.pointcloud.data import PointCloudOptions, build_domain
 from tasks.options import parse
 from tasks.run import run, run_main

@@ -22,7 +22,7 @@ import yaml
 from foundations.vit import PRESETS
 from modalities.common import DataSource
 
-STAGES = ("pretrain", "probe", "finetune", "all")
+STAGES = ("pretrain", "probe", "finetune", "all", "extract")
 RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options; ignored as --config
 
 
@@ -30,8 +30,14 @@ RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options;
 class RunOptions:
     out: str | None = field(default=None, metadata={"help": "output folder; default: runs/<recipe>"})
     stage: str = field(
-        default="all", metadata={"choices": STAGES, "help": "which stage to run; all: every one in turn"}
+        default="all",
+        metadata={
+            "choices": STAGES,
+            "help": "which stage to run; all: pretrain, probe, finetune in turn; extract: features of every "
+            "input from the encoder (features.safetensors + features.json)",
+        },
     )
+    tokens: bool = field(default=False, metadata={"help": "--stage extract also saves every patch token"})
     encoder: str | None = field(
         default=None, metadata={"help": "pretrained encoder folder to probe/fine-tune (default: OUT/encoder)"}
     )
@@ -72,7 +78,16 @@ class PretrainOptions:
         },
     )
     mask: str | None = field(
-        default=None, metadata={"choices": ("random", "block"), "help": "masking strategy; default: the modality's"}
+        default=None,
+        metadata={"choices": ("random", "block", "tube"), "help": "masking strategy; default: the modality's"},
+    )
+    decode: str | None = field(
+        default=None,
+        metadata={
+            "choices": ("hidden", "running_cell"),
+            "help": "which hidden tokens the decoder reconstructs: all, or half on VideoMAE V2's running cell "
+            "(grids with a time axis); default: the modality's",
+        },
     )
     mask_ratio: float | None = field(
         default=None, metadata={"help": "fraction of tokens hidden; default: the modality's"}

@@ -27,7 +27,10 @@ def model_config(opts: PretrainOptions, adapter: dict) -> MAEConfig:
     """The modality's defaults (``Adapter.defaults``) with what the options set."""
     defaults = ADAPTERS[adapter["name"]][0].defaults
     mask = dataclasses.replace(
-        defaults.mask, strategy=opts.mask or defaults.mask.strategy, ratio=opts.mask_ratio or defaults.mask.ratio
+        defaults.mask,
+        strategy=opts.mask or defaults.mask.strategy,
+        ratio=opts.mask_ratio or defaults.mask.ratio,
+        decode=opts.decode or defaults.mask.decode,
     )
     encoder = dataclasses.replace(PRESETS[opts.preset], **defaults.encoder)
     norm_target = defaults.norm_target if opts.norm_pix is None else opts.norm_pix

@@ -6,6 +6,7 @@ A recipe parses its ``Options`` (``tasks.options``), builds its ``DomainData`` a
     probe     a frozen-encoder task            -> checkpoints/probe     (default: linear probe)
     finetune  encoder + head, layer-wise decay -> checkpoints/finetune  (default: classification)
     all       the three in turn (the default)
+    extract   features of every input        -> features.safetensors + features.json (rows named)
 
 The recipe chooses the later tasks (``classify.probe`` / ``classify.finetune``, voting, or
 ``segment.stages``). Every stage adds its figures to ``metrics.json`` as soon as it ends, so a
@@ -31,6 +32,7 @@ from foundations.files import write_text
 from foundations.train import NonFiniteLossError, derive_seed, make_accelerator
 from modalities.common import DataError, DomainData
 from tasks import classify
+from tasks.extract import extract
 from tasks.options import FinetuneOptions, Options
 from tasks.pretrain import model_config, pretrain
 from tasks.session import Session
@@ -106,10 +108,10 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
     if "pretrain" in chosen:
         set_seed(derive_seed(session.seed, "pretrain"))
         save(pretrain(session, data, opts.pretrain))
-    later = {"probe": classify.probe, "finetune": classify.finetune, **(stages or {})}
-    for name in ("probe", "finetune"):
+    later = {"probe": classify.probe, "finetune": classify.finetune, "extract": extract, **(stages or {})}
+    for name in ("probe", "finetune", "extract"):
         if name in chosen:
-            if not data.classes:
+            if not data.classes and name != "extract":
                 raise DataError(
                     f"{opts.source.data or 'the built-in set'}: the data has no labels (no labels.csv, "
                     "class folders or label files); use --stage pretrain"

@@ -90,10 +90,17 @@ EXAMPLES = {
         image_of,
         False,  # the patch depth is averaged away: equal up to rounding
     ),
-    # VideoMAE tubelets: (t, h, w) with 2 x 16 x 16 tubes, here 2 x 4 x 4 on RGB clips
-    "grid:video": lambda: (
-        {"name": "grid", "channels": 3, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.45] * 3, "std": [0.225] * 3},
+    # VideoMAE tubelets: (t, h, w) with 2 x 16 x 16 tubes, here 2 x 4 x 4 on RGB clips of any length
+    "video": lambda: (
+        {"name": "video", "channels": 3, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.45] * 3, "std": [0.225] * 3},
         torch.rand(2, 3, 4, 8, 12),
+        None,
+        normalized,
+        True,
+    ),
+    "video:long": lambda: (
+        {"name": "video", "channels": 3, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.45] * 3, "std": [0.225] * 3},
+        torch.rand(2, 3, 10, 8, 8),
         None,
         normalized,
         True,

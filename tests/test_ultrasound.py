@@ -193,3 +193,11 @@ def test_build_domain__pocus_split_by_clip(shared):
     assert train_sources and eval_sources and not train_sources & eval_sources
     assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1
     assert data.info["train_frames"] + data.info["eval_frames"] == 44 * 2 + 8
+
+
+def test_read_clip__an_audio_only_mp4_is_named(tmp_path):
+    from tests.test_video_io import audio_only
+
+    path = audio_only(tmp_path / "sound.mp4")
+    with pytest.raises(DataError, match="sound.mp4: cannot read clip"):
+        read_clip(path, 4)

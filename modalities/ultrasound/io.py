@@ -51,6 +51,6 @@ def read_clip(path, n_frames: int) -> np.ndarray:
             raise DataError(f"{path}: clip has no frames")
         idx = np.linspace(0, total - 1, min(n_frames, total)).round().astype(int)
         frames = reader.get_batch(list(idx)).asnumpy()  # (T, H, W, 3) uint8
-    except RuntimeError as e:  # decord's errors, DECORDError among them, are RuntimeErrors
+    except Exception as e:  # noqa: BLE001 - decord raises RuntimeError, or DECORDError (an Exception)
         raise DataError(f"{path}: cannot read clip ({str(e).splitlines()[0]})") from None
     return frames.astype(np.float32).mean(-1) / 255.0

@@ -1,0 +1,274 @@
+"""Video datasets: clips sampled and decoded per item (decord, ``modalities.video.io``), the built-in
+motion set, folders in the field's layouts (``modalities.video.layouts``), VideoMAE's test views,
+the domain the recipe trains on and its picture.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from foundations.grid import GridConfig
+from modalities.common import (
+    DataError,
+    DataSource,
+    DomainData,
+    Sample,
+    check_held_out_classes,
+    held_out_split,
+    read_each,
+    require_classes,
+)
+from modalities.video.io import (
+    SHORT,
+    ClipTransform,
+    ClipViews,
+    clip_starts,
+    dense_indices,
+    probe_video,
+    read_clip,
+    segment_indices,
+    timeline,
+)
+from modalities.video.layouts import find_videos, video_card
+from modalities.video.synthetic import write_motion_clips
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # VideoMAE normalises so
+BUILT_IN_SIZE = 64  # the built-in clips are written at this size
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    frames: int = field(default=16, metadata={"help": "frames per clip (VideoMAE: 16)"})
+    stride: int = field(
+        default=4, metadata={"help": "frames between sampled frames (4 for Kinetics-like data, 2 for SSv2-like)"}
+    )
+    sampling: str = field(
+        default="dense",
+        metadata={
+            "choices": ("dense", "segment"),
+            "help": "dense: --frames frames --stride apart from a random start; segment: one frame per equal "
+            "segment of the video (TSN, VideoMAE on SSv2)",
+        },
+    )
+    fps: float | None = field(
+        default=None,
+        metadata={"help": "resample time to this rate by frame timestamps before sampling; default: the file's frames"},
+    )
+    short: str = field(
+        default="loop",
+        metadata={"choices": SHORT, "help": "a clip longer than its video: loop round, or pad with the last frame"},
+    )
+    size: int | None = field(
+        default=None, metadata={"help": f"crop side in pixels; default 224 (VideoMAE), {BUILT_IN_SIZE} built-in"}
+    )
+    tubelet: int = field(default=2, metadata={"help": "frames per tubelet token"})
+    patch: int = field(default=16, metadata={"help": "tubelet side in pixels"})
+    flip: bool | None = field(
+        default=None,
+        metadata={
+            "help": "random horizontal flips; default on, off for the built-in set (its classes are directions); "
+            "--no-flip for classes a mirror changes (SSv2's left to right)"
+        },
+    )
+    test_clips: int = field(
+        default=1, metadata={"help": "evaluation clips per video, logits averaged (VideoMAE: 5 on K400, 2 on SSv2)"}
+    )
+    test_crops: int = field(default=1, metadata={"help": "evaluation crops per clip (VideoMAE: 3)"})
+    split: int = field(default=1, metadata={"help": "UCF101's train/test split (1, 2 or 3)"})
+    per_class: int = field(default=32, metadata={"help": "built-in set: clips per motion"})
+
+    def __post_init__(self):
+        for name in ("frames", "stride", "tubelet", "patch", "test_clips", "test_crops", "per_class"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.frames % self.tubelet:
+            raise ValueError(f"--frames {self.frames} must be a multiple of --tubelet {self.tubelet}")
+        if self.size is not None and self.size % self.patch:
+            raise ValueError(f"--size {self.size} must be a multiple of --patch {self.patch}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"--fps must be positive, got {self.fps}")
+
+    def crop(self, built_in: bool) -> int:
+        return self.size or (BUILT_IN_SIZE if built_in else 224)
+
+
+@dataclass(frozen=True)
+class Video:
+    path: Path
+    label: str
+    frames: int  # in the file, or ticks at --fps
+    ticks: tuple[int, ...] | None = None  # with --fps: the file's frame at each tick
+
+
+class VideoClips(Dataset):
+    """One clip per video and item. ``view`` "train": a random clip (dense or segment sampling)
+    through ``ClipTransform``; "eval": clip ``clip`` of ``clips`` evenly spaced, crop ``crop`` of
+    ``ClipViews``. Items: {"x": (C, T, size, size) float in [0, 1], "y": class index}."""
+
+    def __init__(
+        self, videos: list[Video], classes: list[str], opts: VideoOptions, size: int, view: str = "eval", clip=0, crop=0
+    ):
+        self.videos, self.classes, self.opts, self.view, self.clip, self.crop = videos, classes, opts, view, clip, crop
+        self.class_ids = [classes.index(v.label) for v in videos]
+        self.train_transform = ClipTransform(size, flip=opts.flip is not False)
+        self.eval_transform = ClipViews(size, opts.test_crops)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    @property
+    def names(self) -> list[str]:
+        return [str(v.path) for v in self.videos]
+
+    def with_view(self, view: str, clip: int = 0, crop: int = 0) -> VideoClips:
+        return VideoClips(self.videos, self.classes, self.opts, self.train_transform.size, view, clip, crop)
+
+    def subset(self, indices) -> VideoClips:
+        return VideoClips(
+            [self.videos[i] for i in indices],
+            self.classes,
+            self.opts,
+            self.train_transform.size,
+            self.view,
+            self.clip,
+            self.crop,
+        )
+
+    def indices(self, video: Video) -> list[int]:
+        """The clip's frame indices in the file."""
+        o, n, train = self.opts, video.frames, self.view == "train"
+        generator = torch.default_generator if train else None  # seeded per item by the training loop
+        if o.sampling == "segment":
+            picked = segment_indices(n, o.frames, generator).indices
+        else:
+            span = (o.frames - 1) * o.stride + 1
+            start = clip_starts(n, span, 1 if train else o.test_clips, generator)[0 if train else self.clip]
+            picked = dense_indices(n, o.frames, o.stride, start, o.short).indices
+        return [video.ticks[i] for i in picked] if video.ticks is not None else picked
+
+    def __getitem__(self, i: int) -> dict:
+        video = self.videos[i]
+        clip = read_clip(video.path, self.indices(video))  # (T, H, W, 3) uint8
+        x = self.train_transform(clip) if self.view == "train" else self.eval_transform(clip)[self.crop]
+        return {"x": x, "y": self.class_ids[i]}
+
+
+def probe_videos(samples: list[Sample], opts: VideoOptions, skip_bad: bool, progress: bool):
+    """Open every video once (its first frame decoded): bad files stop the run or are skipped;
+    -> (videos, skipped, short): short ones are shorter than a clip's span (looped or padded)."""
+    span = opts.frames if opts.sampling == "segment" else (opts.frames - 1) * opts.stride + 1
+
+    def read(sample: Sample) -> Video:
+        info = probe_video(sample.path)
+        ticks = tuple(timeline(sample.path, opts.fps)) if opts.fps else None
+        return Video(Path(sample.path), sample.label, len(ticks) if ticks else info.frames, ticks)
+
+    bar = tqdm(samples, desc="opening videos", disable=not progress, leave=False)
+    videos, skipped = read_each(bar, read, skip_bad, name=lambda s: str(s.path))
+    short = [str(v.path) for v in videos if v.frames < span]
+    if short:
+        log.info("%d of %d videos are shorter than a clip of %d frames: %s", len(short), len(videos), span, opts.short)
+    return videos, skipped, short
+
+
+def built_in(opts: VideoOptions, seed: int) -> list[Sample]:
+    """The motion set (``modalities.video.synthetic``) written to mp4 in a temporary folder for this
+    run, long enough for one clip of --frames x --stride."""
+    folder = Path(tempfile.mkdtemp(prefix="mae-video-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    length = max(opts.frames * opts.stride, 2 * opts.frames)
+    clips = write_motion_clips(folder, opts.per_class, frames=length, size=BUILT_IN_SIZE, seed=seed)
+    return [Sample(path, label, group=f"{label}/{path.stem}") for path, label in clips]
+
+
+def build_domain(source: DataSource, opts: VideoOptions) -> DomainData:
+    """Datasets, adapter config and data card for the video recipe. Held-out data: ``eval_data``;
+    else the layout's test (or val) split; else a stratified 20 % that keeps each group (UCF101's
+    gXX, labels.csv's group column) on one side."""
+    if source.data is None:
+        samples, card = built_in(opts, source.seed), "data_cards/video_motion_synthetic.md"
+        opts = dataclasses.replace(opts, flip=bool(opts.flip))  # a mirror turns left into right
+    else:
+        samples, layout = find_videos(source.data, opts.split)
+        card = video_card(layout, source.data)
+    require_classes([s.label for s in samples], source.data or "the built-in set")
+    videos, skipped, short = probe_videos(samples, opts, source.skip_bad_files, source.progress)
+    if not videos:
+        raise DataError(f"{source.data}: no readable video")
+    by_path = {Path(s.path): s for s in samples}
+    kept = [by_path[v.path] for v in videos]
+    if source.eval_data is not None:
+        held_samples, _ = find_videos(source.eval_data, opts.split)
+        check_held_out_classes(
+            [s.label for s in held_samples], sorted({v.label for v in videos}), source.eval_data, source.data
+        )
+        held_videos, more, more_short = probe_videos(held_samples, opts, source.skip_bad_files, source.progress)
+        skipped, short = skipped + more, short + more_short
+        train_videos = videos
+    else:
+        labels = [s.label for s in kept]
+        groups = [s.group or str(s.path) for s in kept]
+        train_idx, held_idx = held_out_split(labels, groups, [s.split for s in kept], source.seed)
+        train_videos, held_videos = [videos[i] for i in train_idx], [videos[i] for i in held_idx]
+    classes = sorted({v.label for v in train_videos})
+    size = opts.crop(source.data is None)
+    train = VideoClips(train_videos, classes, opts, size, "train")
+    held = VideoClips(held_videos, classes, opts, size, "eval")
+    views = [(c, k) for c in range(opts.test_clips) for k in range(opts.test_crops)]
+    centre = (opts.test_clips // 2, opts.test_crops // 2)  # the plain view: the middle clip, centre crop
+    adapter = GridConfig(
+        3, (opts.tubelet, opts.patch, opts.patch), (opts.frames, size, size), IMAGENET_MEAN, IMAGENET_STD
+    )
+    return DomainData(
+        pretrain=train,
+        finetune=train,
+        train_eval=train.with_view("eval", *centre),
+        held_out=held.with_view("eval", *centre),
+        held_out_views=[held.with_view("eval", c, k) for c, k in views if (c, k) != centre],
+        classes=classes,
+        adapter={"name": "video", **adapter.__dict__},
+        data_card=card,
+        render=render_clips,
+        preprocessing={
+            "frames": opts.frames,
+            "stride": opts.stride,
+            "sampling": opts.sampling,
+            "fps": opts.fps,
+            "size": size,
+            "resize": "short side to size, centre crop",
+            "scale": "[0, 1], then ImageNet mean and std (the adapter)",
+        },
+        info={
+            "train_videos": len(train_videos),
+            "eval_videos": len(held_videos),
+            "classes": classes,
+            "per_class": dict(sorted(Counter(v.label for v in train_videos).items())),
+            "short_videos": len(short),
+            "skipped_files": len(skipped),
+            "skipped": skipped,
+        },
+    )
+
+
+@torch.no_grad()
+def render_clips(mae, x: torch.Tensor, valid=None, seed: int = 0, clips: int = 2, frames: int = 4) -> torch.Tensor:
+    """Rows input / masked input / reconstruction of ``clips`` held-out clips, ``frames`` frames
+    each spread over the clip, side by side -> (3 * H, clips * frames * W, 3) in [0, 1]."""
+    rows = [mae.adapter.denormalize(r).clamp(0, 1) for r in mae.reconstruct(x[:clips], valid, seed)]  # (B,C,T,H,W)
+    T = rows[0].shape[2]
+    pick = torch.linspace(0, T - 1, min(frames, T)).round().long()
+    rows = [r[:, :, pick] for r in rows]  # (B, C, F, H, W)
+    grid = torch.cat([torch.cat([torch.cat(list(clip.unbind(1)), -1) for clip in r], -1) for r in rows], -2)
+    return grid.permute(1, 2, 0)  # (3H, B*F*W, C)

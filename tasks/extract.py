@@ -1,0 +1,48 @@
+"""The extract stage: one feature vector per input (and, on request, its patch tokens) from a saved
+encoder, for use outside this suite: ``features.safetensors`` with ``features.json`` beside it
+naming every row (file, split, label)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from foundations.files import replacing, write_text
+from modalities import load_encoder
+from modalities.common import DomainData
+from tasks.options import FinetuneOptions
+from tasks.session import Session, check_encoder
+
+
+@torch.no_grad()
+def extract(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions) -> dict:
+    """Features of the training split and the held-out split (their evaluation views) in that
+    order; rows are named by the datasets' ``names`` where they have them."""
+    check_encoder(encoder_dir, data.adapter)
+    acc = session.acc
+    encoder = acc.prepare(load_encoder(encoder_dir, acc.device)).eval()
+    features, tokens, rows = [], [], []
+    for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
+        loader = acc.prepare(DataLoader(dataset, batch_size=session.run.batch_size, num_workers=session.run.workers))
+        for batch in loader:
+            out = encoder(batch["x"])
+            gathered = acc.gather_for_metrics((out.features, out.tokens if session.run.tokens else out.features))
+            features.append(gathered[0].float().cpu())
+            tokens.append(gathered[1].float().cpu())
+        names = getattr(dataset, "names", None) or [f"{split}/{i}" for i in range(len(dataset))]
+        labels = [data.classes[c] for c in dataset.class_ids] if getattr(dataset, "class_ids", None) else None
+        rows += [{"name": n, "split": split, "label": labels[i] if labels else None} for i, n in enumerate(names)]
+    tensors = {"features": torch.cat(features)}  # (N, feature_dim)
+    if session.run.tokens:
+        tensors["tokens"] = torch.cat(tokens)  # (N, tokens, dim)
+    if acc.is_main_process:
+        with replacing(session.out / "features.safetensors") as tmp:
+            save_file(tensors, tmp)
+        index = {"encoder": str(encoder_dir), "rows": rows, "shapes": {k: list(v.shape) for k, v in tensors.items()}}
+        write_text(session.out / "features.json", json.dumps(index, indent=2))
+    acc.wait_for_everyone()
+    return {"extract/items": len(rows), "extract/dim": tensors["features"].shape[1]}

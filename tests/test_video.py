@@ -1,0 +1,98 @@
+"""The video domain: options, clip datasets over real mp4 files (written with PyAV, read through
+decord), the built-in motion set and the picture."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from foundations.mae import MaskedAutoencoder
+from modalities import build_adapter
+from modalities.common import DataError, DataSource
+from modalities.video.data import Video, VideoClips, VideoOptions, build_domain, render_clips
+from modalities.video.synthetic import write_motion_clips
+from tasks.options import PretrainOptions
+from tasks.pretrain import model_config
+
+
+@pytest.fixture(scope="module")
+def motion(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("motion")
+    return folder, write_motion_clips(folder, per_class=3, frames=24, size=32, seed=1)
+
+
+def small(**kw) -> VideoOptions:
+    return VideoOptions(**{"frames": 4, "stride": 2, "patch": 16, "size": 32, "per_class": 3, **kw})
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [({"frames": 5}, "multiple of --tubelet"), ({"size": 40}, "multiple of --patch"), ({"fps": 0.0}, "fps")],
+)
+def test_video_options__bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        small(**kw)
+
+
+def test_video_clips__training_clips_are_random_windows_evaluation_clips_evenly_spaced(motion):
+    _, clips = motion
+    videos = [Video(path, label, 24) for path, label in clips[:2]]
+    opts = small(test_clips=3)
+    train = VideoClips(videos, ["left", "right"], opts, 32, "train")
+    torch.manual_seed(0)
+    starts = {train.indices(videos[0])[0] for _ in range(200)}
+    assert starts == set(range(0, 24 - 7 + 1))  # span (4 - 1) * 2 + 1 = 7: every start, none past the end
+    assert [VideoClips(videos, ["left"], opts, 32, "eval", c).indices(videos[0]) for c in range(3)] == [
+        [0, 2, 4, 6],
+        [8, 10, 12, 14],
+        [17, 19, 21, 23],
+    ]
+    ticks = Video(videos[0].path, "left", 12, tuple(range(0, 24, 2)))  # --fps: frame of each tick
+    assert VideoClips([ticks], ["left"], small(), 32, "eval").indices(ticks) == [4, 8, 12, 16]  # ticks 2, 4, 6, 8
+
+
+def test_video_clips__items_are_normalisable_clips_of_the_crop(motion):
+    _, clips = motion
+    data = VideoClips([Video(p, label, 24) for p, label in clips[:4]], ["left", "right"], small(), 32, "train")
+    item = data[0]
+    assert item["x"].shape == (3, 4, 32, 32) and item["x"].dtype == torch.float32 and item["y"] == 0
+    assert 0.0 <= item["x"].min() and item["x"].max() <= 1.0
+
+
+def test_build_domain__built_in_set_keeps_directions_and_splits_by_clip():
+    opts = small(per_class=4, test_clips=2, test_crops=3)
+    data = build_domain(DataSource(seed=0, progress=False), opts)
+    assert data.classes == sorted(
+        ["left", "right", "up", "down", "clockwise", "counterclockwise", "growing", "shrinking"]
+    )
+    assert data.pretrain.train_transform.flip is False  # a mirror would turn "left" into "right"
+    assert len(data.held_out_views) == 2 * 3 - 1  # VideoMAE's views, the plain one aside
+    assert set(data.train_eval.names).isdisjoint(data.held_out.names)
+    assert data.info["train_videos"] + data.info["eval_videos"] == 32
+    assert data.adapter["patch"] == (2, 16, 16) and data.adapter["size"] == (4, 32, 32)
+
+
+def test_build_domain__a_corrupt_video_is_named_or_skipped_and_counted(motion, tmp_path):
+    folder, clips = motion
+    for path, label in clips:
+        (tmp_path / label).mkdir(exist_ok=True)
+        (tmp_path / label / path.name).write_bytes(path.read_bytes())
+    bad = tmp_path / "left" / "broken.mp4"
+    bad.write_bytes(clips[0][0].read_bytes()[:300])  # cut short: the header survives, no frame does
+    with pytest.raises(DataError, match="broken.mp4"):
+        build_domain(DataSource(str(tmp_path), progress=False), small())
+    data = build_domain(DataSource(str(tmp_path), skip_bad_files=True, progress=False), small())
+    assert data.info["skipped_files"] == 1 and data.info["train_videos"] + data.info["eval_videos"] == len(clips)
+
+
+def test_render_clips__rows_of_frames(motion):
+    _, clips = motion
+    data = VideoClips([Video(p, label, 24) for p, label in clips[:2]], ["left", "right"], small(), 32, "eval")
+    x = torch.stack([data[0]["x"], data[1]["x"]])
+    adapter = {"name": "video", "channels": 3, "patch": (2, 16, 16), "size": (4, 32, 32)}
+    cfg = model_config(PretrainOptions(preset="micro"), adapter)
+    cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, dim=32, depth=1, heads=2))
+    mae = MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+    picture = render_clips(mae, x)
+    assert picture.shape == (3 * 32, 2 * 4 * 32, 3) and 0 <= picture.min() and picture.max() <= 1
+    assert torch.equal(picture[:32, :32], x[0, :, 0].permute(1, 2, 0))  # first row: the input frames
