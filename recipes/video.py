@@ -12,7 +12,7 @@ from tasks.options import parse
 from tasks.run import run, run_main
 
 # a short default job on a CPU: 16-frame clips of 64 x 64 are 128 tubelets, 13 of them visible
-DEFAULTS = {"max_steps": 400, "finetune_steps": 150, "batch_size": 16}
+DEFAULTS = {"max_steps": 200, "finetune_steps": 100, "batch_size": 16}
 
 
 def main():

@@ -1,0 +1,55 @@
+"""Real runs of the video recipe through ``accelerate launch``: two processes on the built-in motion
+set with VideoMAE's test views and the running-cell decoder, bad files, extraction."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modalities import load_encoder
+from modalities.video.synthetic import write_motion_clips
+from tests.conftest import assert_no_pickle, launch_recipe
+
+pytestmark = pytest.mark.e2e
+# 8-frame clips of 64 x 64 at stride 2: 4 x 4 x 4 tubelets
+SMALL = ["--preset", "micro", "--frames", "8", "--stride", "2", "--batch-size", "16", "--probe-steps", "100"]
+
+
+def test_two_process_run_writes_every_output_and_extracts_features(tmp_path):
+    out = tmp_path / "run"
+    args = [*SMALL, "--per-class", "6", "--max-steps", "6", "--finetune-steps", "4", "--test-clips", "2"]
+    launch_recipe("video", *args, "--test-crops", "3", "--decode", "running_cell", "--out", out, processes=2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run/processes"] == 2 and metrics["pretrain/steps"] == 6
+    assert metrics["data/train_videos"] + metrics["data/eval_videos"] == 48 and metrics["data/skipped_files"] == 0
+    for key in ("pretrain/eval_loss", "probe/balanced_accuracy", "finetune/balanced_accuracy"):
+        assert 0 <= metrics[key] < float("inf"), key
+    config = json.loads((out / "encoder" / "config.json").read_text())
+    assert config["adapter"]["patch"] == [2, 16, 16] and config["data_card"] == "data_cards/video_motion_synthetic.md"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(0 <= r["data_wait"] <= 1 for r in log)
+    assert list((out / "reconstructions").glob("*.png"))
+
+    encoder = load_encoder(out / "encoder")  # any clip length and size, no position table to stretch
+    assert encoder(torch.rand(2, 3, 12, 96, 64)).tokens.shape == (2, 6 * 6 * 4, 64)
+
+    launch_recipe("video", *args, "--stage", "extract", "--tokens", "--out", out, direct=True)
+    index = json.loads((out / "features.json").read_text())
+    tensors = load_file(out / "features.safetensors")
+    assert len(index["rows"]) == 48 and tensors["features"].shape == (48, 64) and tensors["tokens"].shape[1] == 64
+    assert {r["split"] for r in index["rows"]} == {"train", "held_out"} and index["rows"][0]["name"].endswith(".mp4")
+    assert_no_pickle(out)
+
+
+def test_bad_video_is_named_and_skip_bad_files_counts_it(tmp_path):
+    data = tmp_path / "data"
+    clips = write_motion_clips(data, per_class=3, frames=16, size=64)
+    broken = data / "left" / "broken.mp4"
+    broken.write_bytes(clips[0][0].read_bytes()[:200])
+    args = [*SMALL, "--data", data, "--max-steps", "2", "--stage", "pretrain", "--no-flip"]
+    proc = launch_recipe("video", *args, "--out", tmp_path / "a", check=False, direct=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {broken}:")
+    launch_recipe("video", *args, "--skip-bad-files", "--out", tmp_path / "b", direct=True)
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["data/skipped_files"] == 1
