@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -112,7 +114,11 @@ class Seeded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         key = derive_seed(self.seed, self.epoch, i)
-        set_seed(key)
+        # the CPU generators items are drawn with; accelerate's set_seed also seeds every device's,
+        # ten times the cost, and paid per item
+        torch.default_generator.manual_seed(key)
+        np.random.seed(key)
+        random.seed(key)
         if hasattr(self.dataset, "reseed"):
             self.dataset.reseed(key)
         item = self.dataset[i]

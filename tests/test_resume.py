@@ -37,6 +37,7 @@ DOMAINS = {  # recipe: (its small data, processes)
     ),
     "pointcloud": (["--pointnet-width", "32", "--batch-size", "8"], 1),
     "audio": (["--batch-size", "8"], 1),
+    "video": (["--frames", "4", "--stride", "2", "--per-class", "3", "--batch-size", "4"], 1),
 }
 
 
