@@ -30,9 +30,9 @@ def extract(session: Session, data: DomainData, encoder_dir: Path, opts: Finetun
         loader = acc.prepare(DataLoader(dataset, batch_size=session.run.batch_size, num_workers=session.run.workers))
         for batch in loader:
             out = encoder(batch["x"])
-            gathered = acc.gather_for_metrics((out.features, out.tokens if session.run.tokens else out.features))
-            features.append(gathered[0].float().cpu())
-            tokens.append(gathered[1].float().cpu())
+            features.append(acc.gather_for_metrics(out.features).float().cpu())
+            if session.run.tokens:
+                tokens.append(acc.gather_for_metrics(out.tokens).float().cpu())
         names = getattr(dataset, "names", None) or [f"{split}/{i}" for i in range(len(dataset))]
         labels = [data.classes[c] for c in dataset.class_ids] if getattr(dataset, "class_ids", None) else None
         rows += [{"name": n, "split": split, "label": labels[i] if labels else None} for i, n in enumerate(names)]

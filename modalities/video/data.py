@@ -135,17 +135,6 @@ class VideoClips(Dataset):
     def with_view(self, view: str, clip: int = 0, crop: int = 0) -> VideoClips:
         return VideoClips(self.videos, self.classes, self.opts, self.train_transform.size, view, clip, crop)
 
-    def subset(self, indices) -> VideoClips:
-        return VideoClips(
-            [self.videos[i] for i in indices],
-            self.classes,
-            self.opts,
-            self.train_transform.size,
-            self.view,
-            self.clip,
-            self.crop,
-        )
-
     def indices(self, video: Video) -> list[int]:
         """The clip's frame indices in the file."""
         o, n, train = self.opts, video.frames, self.view == "train"
