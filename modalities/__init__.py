@@ -14,7 +14,7 @@ from foundations.grid import GridConfig
 from modalities.audio.adapter import AudioAdapter
 from modalities.image.adapter import ImageAdapter
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
-from modalities.ultrasound.adapter import UltrasoundAdapter
+from modalities.ultrasound.adapter import CineAdapter, UltrasoundAdapter
 from modalities.video.adapter import VideoAdapter
 from modalities.volume.adapter import VolumeAdapter
 
@@ -25,6 +25,7 @@ ADAPTERS = {
     "volume": (VolumeAdapter, GridConfig),
     "audio": (AudioAdapter, GridConfig),
     "video": (VideoAdapter, GridConfig),
+    "ultrasound_cine": (CineAdapter, GridConfig),
 }
 
 

@@ -59,6 +59,7 @@ class DomainData:
     adapter: dict  # adapter config, {"name": ..., **fields}
     data_card: str
     render: Callable | None = None  # render(mae, x, valid) -> (H, W[, 3]) float image in [0, 1]
+    animate: Callable | None = None  # animate(mae, x, valid) -> (T, H, W[, 3]) frames of one input, for a GIF
     info: dict = field(default_factory=dict)  # figures about the data for metrics.json
     batch_groups: list[int] | None = None  # of every pretraining item; a batch holds one (2-D/3-D mixes)
     held_out_recon: Dataset | None = None  # held-out items for reconstruction figures; default held_out

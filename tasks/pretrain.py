@@ -70,9 +70,13 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
         pictures.mkdir(parents=True, exist_ok=True)
         model.eval()
         image = data.render(model, view["x"], view.get("valid"))
-        model.train()
         with replacing(pictures / f"step_{step:06d}.png") as tmp:
-            Image.fromarray((image.cpu().numpy() * 255).round().astype("uint8")).save(tmp)
+            Image.fromarray(as_bytes(image)).save(tmp)
+        if data.animate is not None and step == steps:  # the last reconstruction, moving
+            frames = [Image.fromarray(f) for f in as_bytes(data.animate(model, view["x"], view.get("valid")))]
+            with replacing(pictures / "clip.gif") as tmp:
+                frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=125, loop=0)
+        model.train()
 
     # each sample's mask is drawn from its own key: the same masks however the batch is split
     loss = lambda m, b: m(b["x"], b.get("valid"), generator=sample_generators(b["key"])).loss  # noqa: E731
@@ -99,6 +103,11 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
 
 
 @torch.no_grad()
+def as_bytes(image: torch.Tensor):
+    """float in [0, 1] -> uint8 numpy, as image files hold it."""
+    return (image.cpu().numpy() * 255).round().astype("uint8")
+
+
 def held_out_reconstruction(mae, dataset, batch_size: int, seed: int, device) -> dict:
     """Masked-token loss on held-out data, with one fixed mask per batch, beside the loss of the
     adapter's trivial baselines (e.g. a flat patch, the group centre) on the same tokens."""

@@ -105,6 +105,14 @@ EXAMPLES = {
         normalized,
         True,
     ),
+    # B-mode cine loops: grey tubes with the imaged sector as element weights
+    "ultrasound_cine": lambda: (
+        {"name": "ultrasound_cine", "channels": 1, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.3], "std": [0.2]},
+        torch.rand(2, 1, 4, 8, 12),
+        (torch.rand(2, 1, 1, 8, 12) > 0.3).float().expand(2, 1, 4, 8, 12),
+        normalized,
+        True,
+    ),
     # AudioMAE fbank: (time, frequency), one channel, any number of frames
     "audio": lambda: (
         AUDIO,

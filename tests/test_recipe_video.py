@@ -1,10 +1,15 @@
 """Real runs of the video recipe through ``accelerate launch``: two processes on the built-in motion
-set with VideoMAE's test views and the running-cell decoder, bad files, extraction."""
+set with VideoMAE's test views and the running-cell decoder, bad files, extraction, POCUS cine
+loops as ultrasound tubes."""
 
+import csv
 import json
+import re
+import shutil
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from modalities import load_encoder
@@ -30,6 +35,7 @@ def test_two_process_run_writes_every_output_and_extracts_features(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert all(0 <= r["data_wait"] <= 1 for r in log)
     assert list((out / "reconstructions").glob("*.png"))
+    assert Image.open(out / "reconstructions" / "clip.gif").n_frames == 8  # the last reconstruction, moving
 
     encoder = load_encoder(out / "encoder")  # any clip length and size, no position table to stretch
     assert encoder(torch.rand(2, 3, 12, 96, 64)).tokens.shape == (2, 6 * 6 * 4, 64)
@@ -53,3 +59,32 @@ def test_bad_video_is_named_and_skip_bad_files_counts_it(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {broken}:")
     launch_recipe("video", *args, "--skip-bad-files", "--out", tmp_path / "b", direct=True)
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["data/skipped_files"] == 1
+
+
+def pocus_clips(shared, folder):
+    """The POCUS subset's clips with a labels.csv of path,label,group (the patient), as
+    data_cards/pocus_clips.md makes them."""
+    source = shared / "ultrasound" / "pocus_ccby_subset"
+    shutil.copytree(source / "pocus_videos", folder / "pocus_videos")
+    with open(source / "labels.csv", newline="") as f, open(folder / "labels.csv", "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["path", "label", "group"])
+        for r in csv.DictReader(f):
+            if r["type"] == "video":
+                w.writerow([r["path"], r["label"], (re.search(r"pat\d+", r["path"]) or [r["path"]])[0]])
+    return folder
+
+
+def test_pocus_cine_loops_pretrain_as_grey_tubes_inside_their_sectors_and_probe(shared, tmp_path):
+    out = tmp_path / "run"
+    data = pocus_clips(shared, tmp_path / "pocus")
+    args = [*SMALL, "--data", data, "--ultrasound", "--size", "64", "--frames", "8", "--stride", "4"]
+    launch_recipe("video", *args, "--max-steps", "4", "--finetune-steps", "2", "--out", out, direct=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data/train_videos"] + metrics["data/eval_videos"] == 44
+    assert metrics["data/sectors"] == {"fan": 37, "linear": 7}  # the convex and the linear probe's clips
+    assert 0 <= metrics["probe/balanced_accuracy"] <= 1 and metrics["pretrain/eval_loss"] > 0
+    config = json.loads((out / "encoder" / "config.json").read_text())["adapter"]
+    assert config["name"] == "ultrasound_cine" and config["channels"] == 1 and 0 < config["mean"][0] < 1
+    gif = Image.open(out / "reconstructions" / "clip.gif")
+    assert gif.n_frames == 8 and gif.size == (3 * 64, 64)

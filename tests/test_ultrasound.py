@@ -1,5 +1,7 @@
+import csv
 import struct
 import zlib
+from pathlib import Path
 
 import av
 import numpy as np
@@ -17,7 +19,7 @@ from modalities.common import (
 from modalities.ultrasound.data import UltrasoundOptions, build_domain, load_frames
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, read_clip, read_image
 from modalities.ultrasound.phantom import phantom_image
-from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector
+from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector, sector_geometry
 from tests.conftest import peak_while_refusing
 
 EXTS = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
@@ -104,7 +106,7 @@ def test_load_frames__max_pixels_makes_big_images_bad_files(tmp_path):
         DataError, match=r"wide.png: 100x100 image, 10,000 pixels, over the --max-pixels limit of 1,600"
     ):
         load_frames(samples, opts, skip_bad=False, progress=False)
-    dataset, skipped = load_frames(samples, opts, skip_bad=True, progress=False)
+    dataset, skipped, _ = load_frames(samples, opts, skip_bad=True, progress=False)
     assert len(dataset) == 1 and [p for p, _ in skipped] == [str(tmp_path / "wide.png")]
 
 
@@ -122,7 +124,7 @@ def test_load_frames__skip_bad_files_counts_them(tmp_path):
     samples = [Sample(tmp_path / n, "a") for n in ("ok0.png", "broken.png", "ok1.png")]
     with pytest.raises(DataError, match="broken.png"):
         load_frames(samples, SMALL, skip_bad=False, progress=False)
-    dataset, skipped = load_frames(samples, SMALL, skip_bad=True, progress=False)
+    dataset, skipped, _ = load_frames(samples, SMALL, skip_bad=True, progress=False)
     assert len(dataset) == 2 and [p for p, _ in skipped] == [str(tmp_path / "broken.png")]
 
 
@@ -143,7 +145,7 @@ def test_load_frames__nan_pixels_named(tmp_path):
 def test_load_frames__clip_contributes_frames_from_one_source(tmp_path):
     write_clip(tmp_path / "c.mp4", n_frames=12)
     opts = UltrasoundOptions(image_size=32, frames_per_clip=5)
-    dataset, _ = load_frames([Sample(tmp_path / "c.mp4", "a")], opts, skip_bad=False, progress=False)
+    dataset, _, _ = load_frames([Sample(tmp_path / "c.mp4", "a")], opts, skip_bad=False, progress=False)
     assert len(dataset) == 5 and len(set(dataset.sources)) == 1
     item = dataset[0]
     assert item["x"].shape == (1, 32, 32) and item["valid"].shape == (1, 32, 32)
@@ -162,6 +164,22 @@ def test_detect_sector__excludes_burnt_in_text():
     image[0, 2:6, 2:20] = 1.0  # a label in the black corner
     found = detect_sector(image)
     assert not found[2:6, 2:20].any() and found[sector[0]].float().mean() > 0.95
+
+
+def test_sector_geometry__rectangle_in_black_borders_with_text_is_linear():
+    """A linear frame: a rectangle inside black borders, text in the borders, and a shadow taking
+    the rectangle's bottom-left corner (a convex hull would cut that corner off)."""
+    rng = np.random.default_rng(4)
+    frame = torch.zeros(160, 200)
+    rect = torch.zeros(160, 200, dtype=torch.bool)
+    rect[12:148, 30:170] = True
+    frame[rect] = torch.from_numpy(rng.uniform(0.1, 0.9, int(rect.sum()))).float()
+    frame[90:148, 30:80] = torch.from_numpy(rng.uniform(0.0, 0.02, (58, 50))).float()  # shadow on two edges
+    frame[2:7, 2:24] = frame[154:158, 60:100] = frame[40:46, 176:196] = 1.0  # burnt-in text, in the borders
+    found = sector_geometry(frame[None])
+    assert found.geometry == "linear" and found.top_width == 1.0
+    assert torch.equal(found.mask, rect) and torch.equal(detect_sector(frame[None]), rect)
+    assert sector_geometry(phantom_image(np.random.default_rng(5), "normal", 128)[0]).geometry == "fan"
 
 
 def test_augment__shapes_range_and_sector_follows_image():
@@ -193,6 +211,80 @@ def test_build_domain__pocus_split_by_clip(shared):
     assert train_sources and eval_sources and not train_sources & eval_sources
     assert data.adapter["name"] == "ultrasound" and 0 < data.adapter["mean"][0] < 1
     assert data.info["train_frames"] + data.info["eval_frames"] == 44 * 2 + 8
+
+
+def geometry_by_source(folder: Path, frames_per_clip: int, monkeypatch) -> dict:
+    """{file name: (Sector, the sector data loading stored)} through ``load_frames``, the path training
+    takes (frames stored at 160 pixels, short side, for image_size 128); its ``sector_geometry``
+    call is recorded rather than repeated."""
+    import modalities.ultrasound.data as data_module
+
+    samples, seen = discover(folder, EXTS), []
+
+    def recording(frames):
+        seen.append(sector_geometry(frames))
+        return seen[-1]
+
+    monkeypatch.setattr(data_module, "sector_geometry", recording)
+    data, _, _ = load_frames(
+        samples, UltrasoundOptions(frames_per_clip=frames_per_clip), skip_bad=False, progress=False
+    )
+    first = {source: i for i, source in reversed(list(enumerate(data.sources)))}
+    return {s.path.name: (found, data.sectors[first[str(s.path)]]) for s, found in zip(samples, seen, strict=True)}
+
+
+def box_fill(mask: torch.Tensor) -> float:
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].float().mean().item()
+
+
+# BUSI images cropped from a trapezoid (a linear array steered outwards), checked by eye: black top
+# corners that take 17-29 % of the top rows, so fans. Two more show one small black corner, 15 % of
+# the top: linear, and the rectangle's rule leaves the corner out (the mask fills 95-96 % of its box).
+BUSI_TRAPEZOIDS = {f"malignant ({i}).png" for i in (65, 67, 76, 95, 101, 102)} | {"benign (82).png"}
+BUSI_SMALL_CORNER = {"benign (84).png", "malignant (194).png"}
+
+
+def test_sector_geometry__busi_is_linear_and_keeps_dark_tissue_on_the_border(shared, monkeypatch):
+    found = geometry_by_source(shared / "ultrasound" / "busi_256", 1, monkeypatch)
+    assert len(found) == 520
+    # The largest connected part's convex hull (the detector before) kept 73 % of benign (77) (85 % of
+    # its own box): its deep fall-off reaches the bottom and both bottom corners are dark. benign (188):
+    # 44 %, the cyst cuts the tissue above it off from the largest part. Both are imaged throughout.
+    for name in ("benign (77).png", "benign (188).png"):
+        assert found[name][0].mask.all(), name
+    assert {name for name, (s, _) in found.items() if s.geometry == "fan"} == BUSI_TRAPEZOIDS
+    for name, (sector, stored) in found.items():
+        assert torch.equal(stored, sector.mask), name  # stored with its source's frames
+        if name in BUSI_TRAPEZOIDS:
+            assert not (sector.mask[0, 0] and sector.mask[0, -1]), name
+            continue
+        assert box_fill(sector.mask) > (0.94 if name in BUSI_SMALL_CORNER else 0.97), name
+        rows, cols = sector.mask.any(1).nonzero()[:, 0], sector.mask.any(0).nonzero()[:, 0]
+        assert sector.mask[rows[-1], cols[0] : cols[-1] + 1].all(), name  # the bottom row whole: shadows stay
+
+
+# Convex POCUS images cropped inside their fan: the frame is all tissue, a rectangle.
+POCUS_CROPPED_IN_FAN = {"Cov_Oliviera_2020_Fig15A.jpg", "Cov_Oliviera_2020_Fig4A.jpg", "Cov_Oliviera_2020_Fig5A.jpg"}
+POCUS_RIGHT_BORDER = {"Reg_Image_181206_crop.mp4", "Reg_Image_181432_crop.mp4"}  # linear, a black strip on the right
+
+
+def test_sector_geometry__pocus_convex_fans_and_linear_probes(shared, monkeypatch):
+    folder = shared / "ultrasound" / "pocus_ccby_subset"
+    rows = csv.DictReader((folder / "labels.csv").read_text().splitlines())
+    probe = {Path(row["path"]).name: row["probe"] for row in rows}
+    found = geometry_by_source(folder, 2, monkeypatch)
+    assert len(found) == 52 and sorted(probe.values()).count("linear") == 10
+    for name, (sector, _) in found.items():
+        mask = sector.mask
+        h, w = mask.shape
+        if probe[name] == "linear" or name in POCUS_CROPPED_IN_FAN:
+            rows = mask.any(1)  # (a clip's last 3 rows black: left out)
+            assert sector.geometry == "linear" and box_fill(mask) > 0.97, name
+            assert mask[rows, 0].all() and mask[rows, -1].all() != (name in POCUS_RIGHT_BORDER), name
+        else:  # both black top corners out (likebutterfly's fan leaves only the left one), its middle in
+            assert sector.geometry == "fan" and mask[h // 3, w // 2] and not mask[0, 0], name
+            assert mask[0, -1] == (name == "Cov_recommendations_likebutterfly_mov5.mov"), name
 
 
 def test_read_clip__an_audio_only_mp4_is_named(tmp_path):

@@ -9,7 +9,16 @@ import torch
 from foundations.mae import MaskedAutoencoder
 from modalities import build_adapter
 from modalities.common import DataError, DataSource
-from modalities.video.data import Video, VideoClips, VideoOptions, build_domain, render_clips
+from modalities.video.data import (
+    Video,
+    VideoClips,
+    VideoOptions,
+    animate_clip,
+    build_domain,
+    imaged_sector,
+    render_clips,
+)
+from modalities.video.io import ClipTransform, ClipViews
 from modalities.video.synthetic import write_motion_clips
 from tasks.options import PretrainOptions
 from tasks.pretrain import model_config
@@ -96,3 +105,46 @@ def test_render_clips__rows_of_frames(motion):
     picture = render_clips(mae, x)
     assert picture.shape == (3 * 32, 2 * 4 * 32, 3) and 0 <= picture.min() and picture.max() <= 1
     assert torch.equal(picture[:32, :32], x[0, :, 0].permute(1, 2, 0))  # first row: the input frames
+
+
+def test_animate_clip__one_clip_input_masked_reconstruction_side_by_side(motion):
+    _, clips = motion
+    data = VideoClips([Video(p, label, 24) for p, label in clips[:2]], ["left", "right"], small(), 32, "eval")
+    x = torch.stack([data[0]["x"], data[1]["x"]])
+    adapter = {"name": "video", "channels": 3, "patch": (2, 16, 16), "size": (4, 32, 32)}
+    cfg = model_config(PretrainOptions(preset="micro"), adapter)
+    mae = MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+    frames = animate_clip(mae, x)
+    assert frames.shape == (4, 32, 3 * 32, 3)  # every frame of the first clip, three panels wide
+    assert torch.equal(frames[:, :, :32], x[0].permute(1, 2, 3, 0))  # left: the input, frame by frame
+
+
+def test_ultrasound_clips__grey_tubes_with_the_sector_of_a_real_convex_clip(shared):
+    path = shared / "ultrasound/pocus_ccby_subset/pocus_videos/convex/Reg_pat1Image_132943.mpeg"
+    video = imaged_sector(Video(path, "regular", 280), 280)
+    h, w = video.sector.shape
+    assert not video.sector[: h // 10, : w // 10].any() and not video.sector[: h // 10, -w // 10 :].any()  # corners
+    assert video.sector[h // 2, w // 2] and 0.3 < video.sector.float().mean() < 0.9
+    opts = small(ultrasound=True, size=64)
+    for view in ("train", "eval"):
+        item = VideoClips([video], ["regular"], opts, 64, view)[0]
+        assert item["x"].shape == item["valid"].shape == (1, 4, 64, 64)
+        valid = item["valid"][0, 0].bool()
+        assert torch.equal(item["valid"], valid.expand(1, 4, 64, 64).float())  # one sector for every frame
+        # the mask was cut with the frames: outside it the clip is black, inside it is not
+        assert item["x"][0, :, ~valid].mean() < 0.02 < item["x"][0, :, valid].mean()
+
+
+@pytest.mark.parametrize("view", ["train", "eval"])
+def test_clip_transforms__a_region_is_cut_and_flipped_with_its_frames(view):
+    clip = torch.zeros(4, 48, 80, 3, dtype=torch.uint8)
+    clip[:, 10:40, 5:50] = 255  # a bright rectangle, and the region is that rectangle
+    region = clip[0, :, :, 0] > 0
+    torch.manual_seed(3)
+    transform = ClipTransform(size=32, scale=(0.3, 1.0)) if view == "train" else ClipViews(size=32, crops=3)
+    for _ in range(5):
+        x, mask = transform(clip, region)
+        x, mask = (x, mask) if view == "train" else (x[1], mask[1])  # eval: the middle of three crops
+        assert mask.shape == (1, 1, 32, 32) and mask.dtype == torch.bool
+        bright = x[0] > 0.5  # (T, 32, 32)
+        assert (bright ^ mask[0]).float().mean() < 0.05  # differ at the resampled edges only

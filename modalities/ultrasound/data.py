@@ -7,6 +7,8 @@ sample; all frames of a clip stay on one side of a train/eval split.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,7 +33,9 @@ from modalities.common import (
 from modalities.image.figures import reconstruction_grid
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, MAX_PIXELS, read_clip, read_image
 from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset
-from modalities.ultrasound.transforms import UltrasoundAugment, detect_sector, resize_pair
+from modalities.ultrasound.transforms import UltrasoundAugment, resize_pair, sector_geometry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,9 @@ def read_frames(path, frames_per_clip: int, patch: int, max_pixels: int = MAX_PI
 
 
 def load_frames(samples: list[Sample], opts: UltrasoundOptions, skip_bad: bool, classes=None, progress: bool = True):
-    """Read every sample into a ``FrameDataset``; returns (dataset, skipped [(path, reason)])."""
-    frames, sectors, labels, sources = [], [], [], []
+    """Read every sample into a ``FrameDataset``; returns (dataset, skipped [(path, reason)], the
+    count of sources by the geometry of their imaged region)."""
+    frames, sectors, labels, sources, geometries = [], [], [], [], Counter()
     store = round(opts.image_size * 1.25)
     samples = tqdm(samples, desc="reading ultrasound", disable=None if progress else True)  # None: TTY only
     read = lambda s: (s, read_frames(s.path, opts.frames_per_clip, opts.patch, opts.max_pixels))  # noqa: E731
@@ -137,13 +142,16 @@ def load_frames(samples: list[Sample], opts: UltrasoundOptions, skip_bad: bool, 
     for s, stack in stacks:
         stored = [_store(f, store) for f in stack]
         frames += stored
-        sectors += [detect_sector(torch.stack(stored).float() / 255)] * len(stored)
+        sector = sector_geometry(torch.stack(stored).float() / 255)
+        sectors += [sector.mask] * len(stored)
+        geometries[sector.geometry] += 1
         labels += [s.label] * len(stored)
         sources += [str(s.path)] * len(stored)
     if not frames:
         raise DataError("no readable ultrasound images or clips among the given files")
     classes = classes or sorted(set(labels))
-    return FrameDataset(frames, sectors, labels, sources, classes, opts.image_size, None), skipped
+    log.info("imaged regions: %s", ", ".join(f"{n} {g}" for g, n in sorted(geometries.items())))
+    return FrameDataset(frames, sectors, labels, sources, classes, opts.image_size, None), skipped, geometries
 
 
 def phantom_frames(n_per_class: int, size: int, seed: int = 0) -> FrameDataset:
@@ -168,14 +176,14 @@ def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
     (20 %, grouped by source file, fixed seed) of the data is held out.
     """
     exts = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
-    skipped, size = [], opts.image_size
+    skipped, size, geometries = [], opts.image_size, Counter()
     if source.data is None:
         full = phantom_frames(opts.phantom_per_class, size, source.seed)
         card = "data_cards/ultrasound_phantom.md"
     else:
         samples = discover(source.data, exts)
         require_classes([s.label for s in samples], source.data)
-        full, skipped = load_frames(samples, opts, source.skip_bad_files, progress=source.progress)
+        full, skipped, geometries = load_frames(samples, opts, source.skip_bad_files, progress=source.progress)
         card = data_card(source.data, KNOWN_CARDS)
     if source.eval_data is None:
         train_idx, eval_idx = stratified_split(full.labels, full.sources, 0.2, source.seed)
@@ -183,7 +191,8 @@ def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
     else:
         train = full
         samples = discover(source.eval_data, exts)
-        held, more = load_frames(samples, opts, source.skip_bad_files, full.classes, source.progress)
+        held, more, also = load_frames(samples, opts, source.skip_bad_files, full.classes, source.progress)
+        geometries += also
         skipped += more
         check_held_out_classes(held.labels, full.classes, source.eval_data, source.data)
     mean, std = train.statistics()
@@ -205,5 +214,6 @@ def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
             "classes": full.classes,
             "skipped_files": len(skipped),
             "skipped": skipped,
+            **({"sectors": dict(geometries)} if geometries else {}),  # files by imaged-region geometry
         },
     )

@@ -29,6 +29,7 @@ from modalities.common import (
     read_each,
     require_classes,
 )
+from modalities.ultrasound.transforms import sector_geometry
 from modalities.video.io import (
     SHORT,
     ClipTransform,
@@ -88,6 +89,13 @@ class VideoOptions:
     test_crops: int = field(default=1, metadata={"help": "evaluation crops per clip (VideoMAE: 3)"})
     split: int = field(default=1, metadata={"help": "UCF101's train/test split (1, 2 or 3)"})
     per_class: int = field(default=32, metadata={"help": "built-in set: clips per motion"})
+    ultrasound: bool = field(
+        default=False,
+        metadata={
+            "help": "B-mode cine loops (POCUS): grey frames, the imaged sector found once per video by the "
+            "ultrasound recipe's detector and the loss kept inside it, dataset-normalised targets"
+        },
+    )
 
     def __post_init__(self):
         for name in ("frames", "stride", "tubelet", "patch", "test_clips", "test_crops", "per_class"):
@@ -110,6 +118,9 @@ class Video:
     label: str
     frames: int  # in the file, or ticks at --fps
     ticks: tuple[int, ...] | None = None  # with --fps: the file's frame at each tick
+    sector: torch.Tensor | None = None  # --ultrasound: (H, W) bool, the imaged region of every frame
+    geometry: str | None = None  # --ultrasound: the sector's, "linear" or "fan"
+    level: tuple[float, float] = (0.0, 0.0)  # --ultrasound: mean grey level and its square inside the sector
 
 
 class VideoClips(Dataset):
@@ -150,8 +161,15 @@ class VideoClips(Dataset):
     def __getitem__(self, i: int) -> dict:
         video = self.videos[i]
         clip = read_clip(video.path, self.indices(video))  # (T, H, W, 3) uint8
-        x = self.train_transform(clip) if self.view == "train" else self.eval_transform(clip)[self.crop]
-        return {"x": x, "y": self.class_ids[i]}
+        if video.sector is None:
+            x = self.train_transform(clip) if self.view == "train" else self.eval_transform(clip)[self.crop]
+            return {"x": x, "y": self.class_ids[i]}
+        if self.view == "train":
+            x, valid = self.train_transform(clip, video.sector)  # (3, T, S, S), (1, 1, S, S)
+        else:
+            x, valid = (views[self.crop] for views in self.eval_transform(clip, video.sector))
+        x = x.mean(0, keepdim=True)  # grey (1, T, S, S)
+        return {"x": x, "valid": valid.expand_as(x).float(), "y": self.class_ids[i]}
 
 
 def probe_videos(samples: list[Sample], opts: VideoOptions, skip_bad: bool, progress: bool):
@@ -162,7 +180,8 @@ def probe_videos(samples: list[Sample], opts: VideoOptions, skip_bad: bool, prog
     def read(sample: Sample) -> Video:
         info = probe_video(sample.path)
         ticks = tuple(timeline(sample.path, opts.fps)) if opts.fps else None
-        return Video(Path(sample.path), sample.label, len(ticks) if ticks else info.frames, ticks)
+        video = Video(Path(sample.path), sample.label, len(ticks) if ticks else info.frames, ticks)
+        return imaged_sector(video, info.frames) if opts.ultrasound else video
 
     bar = tqdm(samples, desc="opening videos", disable=not progress, leave=False)
     videos, skipped = read_each(bar, read, skip_bad, name=lambda s: str(s.path))
@@ -170,6 +189,17 @@ def probe_videos(samples: list[Sample], opts: VideoOptions, skip_bad: bool, prog
     if short:
         log.info("%d of %d videos are shorter than a clip of %d frames: %s", len(short), len(videos), span, opts.short)
     return videos, skipped, short
+
+
+def imaged_sector(video: Video, frames: int, looks: int = 8) -> Video:
+    """The video with its imaged sector, found once from ``looks`` grey frames spread over it (as
+    the ultrasound recipe finds a cine loop's), and the grey level inside it."""
+    picks = torch.linspace(0, frames - 1, min(looks, frames)).round().long().tolist()
+    grey = read_clip(video.path, picks).float().mean(-1) / 255  # (looks, H, W) in [0, 1]
+    sector = sector_geometry(grey)
+    inside = grey[:, sector.mask].double()
+    level = (inside.mean().item(), (inside**2).mean().item())
+    return dataclasses.replace(video, sector=sector.mask, geometry=sector.geometry, level=level)
 
 
 def built_in(opts: VideoOptions, seed: int) -> list[Sample]:
@@ -217,9 +247,16 @@ def build_domain(source: DataSource, opts: VideoOptions) -> DomainData:
     held = VideoClips(held_videos, classes, opts, size, "eval")
     views = [(c, k) for c in range(opts.test_clips) for k in range(opts.test_crops)]
     centre = (opts.test_clips // 2, opts.test_crops // 2)  # the plain view: the middle clip, centre crop
-    adapter = GridConfig(
-        3, (opts.tubelet, opts.patch, opts.patch), (opts.frames, size, size), IMAGENET_MEAN, IMAGENET_STD
-    )
+    grid = (opts.tubelet, opts.patch, opts.patch), (opts.frames, size, size)
+    if opts.ultrasound:  # grey, normalised by the training videos' level inside their sectors
+        mean = sum(v.level[0] for v in train_videos) / len(train_videos)
+        square = sum(v.level[1] for v in train_videos) / len(train_videos)
+        adapter = {
+            "name": "ultrasound_cine",
+            **GridConfig(1, *grid, (mean,), (max(square - mean**2, 1e-12) ** 0.5,)).__dict__,
+        }
+    else:
+        adapter = {"name": "video", **GridConfig(3, *grid, IMAGENET_MEAN, IMAGENET_STD).__dict__}
     return DomainData(
         pretrain=train,
         finetune=train,
@@ -227,9 +264,10 @@ def build_domain(source: DataSource, opts: VideoOptions) -> DomainData:
         held_out=held.with_view("eval", *centre),
         held_out_views=[held.with_view("eval", c, k) for c, k in views if (c, k) != centre],
         classes=classes,
-        adapter={"name": "video", **adapter.__dict__},
+        adapter=adapter,
         data_card=card,
         render=render_clips,
+        animate=animate_clip,
         preprocessing={
             "frames": opts.frames,
             "stride": opts.stride,
@@ -237,7 +275,9 @@ def build_domain(source: DataSource, opts: VideoOptions) -> DomainData:
             "fps": opts.fps,
             "size": size,
             "resize": "short side to size, centre crop",
-            "scale": "[0, 1], then ImageNet mean and std (the adapter)",
+            "scale": "grey in [0, 1], then the training sectors' mean and std (the adapter); loss inside the sector"
+            if opts.ultrasound
+            else "[0, 1], then ImageNet mean and std (the adapter)",
         },
         info={
             "train_videos": len(train_videos),
@@ -245,19 +285,41 @@ def build_domain(source: DataSource, opts: VideoOptions) -> DomainData:
             "classes": classes,
             "per_class": dict(sorted(Counter(v.label for v in train_videos).items())),
             "short_videos": len(short),
+            **({"sectors": dict(Counter(v.geometry for v in train_videos + held_videos))} if opts.ultrasound else {}),
             "skipped_files": len(skipped),
             "skipped": skipped,
         },
     )
 
 
+def _rows(mae, x: torch.Tensor, valid, seed: int) -> list[torch.Tensor]:
+    """Input, masked input and reconstruction of clips x, each (B, C, T, H, W) in [0, 1]."""
+    rows = [mae.adapter.denormalize(r).clamp(0, 1) for r in mae.reconstruct(x, valid, seed)]
+    if valid is not None:  # outside the sector nothing is trained: show the input there
+        rows[2] = torch.where(valid.bool(), rows[2], rows[0])
+    return rows
+
+
+def _image(grid: torch.Tensor) -> torch.Tensor:
+    """(C, ..., H, W) -> grey (..., H, W) or colour (..., H, W, C), as image files hold them."""
+    return grid[0] if grid.shape[0] == 1 else grid.movedim(0, -1)
+
+
 @torch.no_grad()
 def render_clips(mae, x: torch.Tensor, valid=None, seed: int = 0, clips: int = 2, frames: int = 4) -> torch.Tensor:
     """Rows input / masked input / reconstruction of ``clips`` held-out clips, ``frames`` frames
-    each spread over the clip, side by side -> (3 * H, clips * frames * W, 3) in [0, 1]."""
-    rows = [mae.adapter.denormalize(r).clamp(0, 1) for r in mae.reconstruct(x[:clips], valid, seed)]  # (B,C,T,H,W)
+    each spread over the clip, side by side -> (3 * H, clips * frames * W[, C]) in [0, 1]."""
+    rows = _rows(mae, x[:clips], None if valid is None else valid[:clips], seed)  # 3 x (B, C, T, H, W)
     T = rows[0].shape[2]
     pick = torch.linspace(0, T - 1, min(frames, T)).round().long()
     rows = [r[:, :, pick] for r in rows]  # (B, C, F, H, W)
     grid = torch.cat([torch.cat([torch.cat(list(clip.unbind(1)), -1) for clip in r], -1) for r in rows], -2)
-    return grid.permute(1, 2, 0)  # (3H, B*F*W, C)
+    return _image(grid)  # grid: (C, 3H, B*F*W)
+
+
+@torch.no_grad()
+def animate_clip(mae, x: torch.Tensor, valid=None, seed: int = 0) -> torch.Tensor:
+    """The first clip's input, masked input and reconstruction side by side, frame by frame (an
+    animated GIF's frames) -> (T, H, 3 * W[, C]) in [0, 1]."""
+    rows = _rows(mae, x[:1], None if valid is None else valid[:1], seed)  # 3 x (1, C, T, H, W)
+    return _image(torch.cat([r[0] for r in rows], -1))  # (C, T, H, 3W)

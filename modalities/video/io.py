@@ -281,12 +281,16 @@ class ClipTransform:
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
 
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip: uint8 (T, H, W, 3) -> float (C, T, size, size) in [0, 1]."""
+    def __call__(self, clip: torch.Tensor, region: torch.Tensor | None = None):
+        """clip: uint8 (T, H, W, 3) -> float (C, T, size, size) in [0, 1]; with ``region``, a bool
+        (H, W) mask of the clip (an ultrasound sector), also the mask cut the same way, (1, 1, size, size)."""
         steps = [v2.RandomResizedCrop(self.size, scale=self.scale, ratio=self.ratio, antialias=True)]
         if self.flip:
             steps.append(v2.RandomHorizontalFlip())
-        return _channels_first(v2.Compose(steps)(_as_video(clip)))
+        if region is None:
+            return _channels_first(v2.Compose(steps)(_as_video(clip)))
+        video, mask = v2.Compose(steps)(_as_video(clip), tv_tensors.Mask(region[None]))  # one draw for both
+        return _channels_first(video), mask.as_subclass(torch.Tensor)[None].bool()
 
 
 @dataclass(frozen=True)
@@ -303,16 +307,21 @@ class ClipViews:
         if self.size < 1 or self.crops < 1:
             raise ValueError(f"size and crops must be positive, got {self.size}, {self.crops}")
 
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip: uint8 (T, H, W, 3) -> float (crops, C, T, size, size) in [0, 1]."""
+    def __call__(self, clip: torch.Tensor, region: torch.Tensor | None = None):
+        """clip: uint8 (T, H, W, 3) -> float (crops, C, T, size, size) in [0, 1]; with ``region``, a
+        bool (H, W) mask of the clip, also its views (crops, 1, 1, size, size)."""
         video = v2.functional.resize(_as_video(clip), [self.size], antialias=True)  # short side -> size
-        if self.crops == 1:
-            return _channels_first(v2.functional.center_crop(video, [self.size, self.size]))[None]
         height, width = video.shape[-2:]
-        step = (max(height, width) - self.size) / (self.crops - 1)
-        views = []
-        for k in range(self.crops):
-            offset = int(k * step)
-            top, left = (offset, 0) if height > width else (0, offset)
-            views.append(_channels_first(v2.functional.crop(video, top, left, self.size, self.size)))
-        return torch.stack(views)  # (crops, C, T, size, size)
+        if self.crops == 1:  # the centre crop (rounded as torchvision's center_crop rounds)
+            corners = [(round((height - self.size) / 2), round((width - self.size) / 2))]
+        else:
+            step = (max(height, width) - self.size) / (self.crops - 1)
+            corners = [(int(k * step), 0) if height > width else (0, int(k * step)) for k in range(self.crops)]
+        views = torch.stack(
+            [_channels_first(v2.functional.crop(video, top, left, self.size, self.size)) for top, left in corners]
+        )  # (crops, C, T, size, size)
+        if region is None:
+            return views
+        mask = v2.functional.resize(tv_tensors.Mask(region[None]), [self.size])  # nearest, as masks are
+        masks = [v2.functional.crop(mask, top, left, self.size, self.size) for top, left in corners]
+        return views, torch.stack(masks).as_subclass(torch.Tensor)[:, None].bool()  # (crops, 1, 1, size, size)
