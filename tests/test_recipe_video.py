@@ -43,7 +43,8 @@ def test_two_process_run_writes_every_output_and_extracts_features(tmp_path):
     launch_recipe("video", *args, "--stage", "extract", "--tokens", "--out", out, direct=True)
     index = json.loads((out / "features.json").read_text())
     tensors = load_file(out / "features.safetensors")
-    assert len(index["rows"]) == 48 and tensors["features"].shape == (48, 64) and tensors["tokens"].shape[1] == 64
+    assert len(index["rows"]) == 48 and tensors["tokens"].shape[1] == 64
+    assert tensors["features"].shape == (48, 4 * 64)  # one vector per time step: 8 frames, tubelets of 2
     assert {r["split"] for r in index["rows"]} == {"train", "held_out"} and index["rows"][0]["name"].endswith(".mp4")
     assert_no_pickle(out)
 

@@ -29,14 +29,15 @@ COMMON = [
     "--log-every",
     "1",
 ]
-DOMAINS = {  # recipe: (its small data, processes)
+# recipe: (its small data, processes). Audio draws only what every domain draws (item transforms
+# through the seeded generators, masks by key), which these four cover; it is left out for time.
+DOMAINS = {
     "ultrasound": (["--image-size", "64", "--phantom-per-class", "16", "--batch-size", "8", "--workers", "1"], 1),
     "volumes": (
         ["--mix-2d", "0.5", "--patch", "8", "--roi", "32", "--synthetic-per-class", "4", "--batch-size", "2"],
         2,
     ),
     "pointcloud": (["--pointnet-width", "32", "--batch-size", "8"], 1),
-    "audio": (["--batch-size", "8"], 1),
     "video": (["--frames", "4", "--stride", "2", "--per-class", "3", "--batch-size", "4"], 1),
 }
 

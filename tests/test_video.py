@@ -148,3 +148,18 @@ def test_clip_transforms__a_region_is_cut_and_flipped_with_its_frames(view):
         assert mask.shape == (1, 1, 32, 32) and mask.dtype == torch.bool
         bright = x[0] > 0.5  # (T, 32, 32)
         assert (bright ^ mask[0]).float().mean() < 0.05  # differ at the resampled edges only
+
+
+def test_video_features__keep_time_steps_apart_and_resample_other_lengths():
+    adapter = build_adapter({"name": "video", "channels": 3, "patch": (2, 4, 4), "size": (8, 8, 8)}, 16)
+    tokens = torch.randn(2, 4 * 2 * 2, 16)  # 4 steps of 2 x 2 tubelets, (t, y, x) order
+    features = adapter.pool(tokens, torch.rand(2, 3, 8, 8, 8))
+    backwards = adapter.pool(tokens.reshape(2, 4, 4, 16).flip(1).reshape(2, 16, 16), torch.rand(2, 3, 8, 8, 8))
+    assert features.shape == (2, adapter.pooled_dim(16)) == (2, 4 * 16)
+    assert torch.allclose(features[:, :16], tokens[:, :4].mean(1), atol=1e-6)  # step 0: its 4 tubelets
+    assert not torch.allclose(features, backwards)  # played backwards: other features
+    longer = torch.randn(2, 5 * 4, 16)  # a 10-frame clip: 5 steps, resampled to 4 at t = 0, 4/3, 8/3, 4
+    pooled = adapter.pool(longer, torch.rand(2, 3, 10, 8, 8)).reshape(2, 4, 16)
+    steps = longer.reshape(2, 5, 4, 16).mean(2)
+    assert torch.allclose(pooled[:, 0], steps[:, 0], atol=1e-6) and torch.allclose(pooled[:, 3], steps[:, 4], atol=1e-6)
+    assert torch.allclose(pooled[:, 1], (2 * steps[:, 1] + steps[:, 2]) / 3, atol=1e-6)

@@ -5,9 +5,9 @@ file (cine loops are read by the video recipe's ``--ultrasound``)."""
 from __future__ import annotations
 
 from foundations.adapter import ModelDefaults
-from foundations.grid import GridAdapter
 from foundations.masking import MaskConfig
 from modalities.image.adapter import ImageAdapter
+from modalities.video.adapter import VideoAdapter
 
 
 class UltrasoundAdapter(ImageAdapter):
@@ -17,8 +17,8 @@ class UltrasoundAdapter(ImageAdapter):
     defaults = ModelDefaults(MaskConfig("random", 0.75, block_tokens=8), norm_target=False)
 
 
-class CineAdapter(GridAdapter):
+class CineAdapter(VideoAdapter):
     name = "ultrasound_cine"
-    # tubelets masked as VideoMAE masks video (tubes at 0.9), targets as for frames: not per-patch
+    # tubelets masked and pooled as video's (tubes at 0.9), targets as for frames: not per-patch
     # normalised, since speckle is not predictable
     defaults = ModelDefaults(MaskConfig("tube", 0.9, tube_axis=0), norm_target=False)
