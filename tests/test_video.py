@@ -94,26 +94,25 @@ def test_build_domain__a_corrupt_video_is_named_or_skipped_and_counted(motion, t
     assert data.info["skipped_files"] == 1 and data.info["train_videos"] + data.info["eval_videos"] == len(clips)
 
 
-def test_render_clips__rows_of_frames(motion):
+def clips_and_mae(motion) -> tuple[torch.Tensor, MaskedAutoencoder]:
+    """Two evaluation clips (2, 3, 4, 32, 32) and an untrained MAE of width 32 for them."""
     _, clips = motion
     data = VideoClips([Video(p, label, 24) for p, label in clips[:2]], ["left", "right"], small(), 32, "eval")
-    x = torch.stack([data[0]["x"], data[1]["x"]])
     adapter = {"name": "video", "channels": 3, "patch": (2, 16, 16), "size": (4, 32, 32)}
     cfg = model_config(PretrainOptions(preset="micro"), adapter)
     cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, dim=32, depth=1, heads=2))
-    mae = MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+    return torch.stack([data[0]["x"], data[1]["x"]]), MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+
+
+def test_render_clips__rows_of_frames(motion):
+    x, mae = clips_and_mae(motion)
     picture = render_clips(mae, x)
     assert picture.shape == (3 * 32, 2 * 4 * 32, 3) and 0 <= picture.min() and picture.max() <= 1
     assert torch.equal(picture[:32, :32], x[0, :, 0].permute(1, 2, 0))  # first row: the input frames
 
 
 def test_animate_clip__one_clip_input_masked_reconstruction_side_by_side(motion):
-    _, clips = motion
-    data = VideoClips([Video(p, label, 24) for p, label in clips[:2]], ["left", "right"], small(), 32, "eval")
-    x = torch.stack([data[0]["x"], data[1]["x"]])
-    adapter = {"name": "video", "channels": 3, "patch": (2, 16, 16), "size": (4, 32, 32)}
-    cfg = model_config(PretrainOptions(preset="micro"), adapter)
-    mae = MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+    x, mae = clips_and_mae(motion)
     frames = animate_clip(mae, x)
     assert frames.shape == (4, 32, 3 * 32, 3)  # every frame of the first clip, three panels wide
     assert torch.equal(frames[:, :, :32], x[0].permute(1, 2, 3, 0))  # left: the input, frame by frame
