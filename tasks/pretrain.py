@@ -102,12 +102,12 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
     }
 
 
-@torch.no_grad()
 def as_bytes(image: torch.Tensor):
     """float in [0, 1] -> uint8 numpy, as image files hold it."""
     return (image.cpu().numpy() * 255).round().astype("uint8")
 
 
+@torch.no_grad()
 def held_out_reconstruction(mae, dataset, batch_size: int, seed: int, device) -> dict:
     """Masked-token loss on held-out data, with one fixed mask per batch, beside the loss of the
     adapter's trivial baselines (e.g. a flat patch, the group centre) on the same tokens."""
