@@ -53,6 +53,9 @@ def grouped_points(adapter, x):
 # AudioMAE fbank: (time, frequency), one channel; features keep the mel bands, as the recipe builds it
 AUDIO = dict(name="audio", channels=1, patch=[4, 4], size=[16, 8], mean=[-4.3], std=[4.6], keep_last_axis=True)
 
+# VideoMAE tubelets: (t, h, w) with 2 x 16 x 16 tubes, here 2 x 4 x 4 on RGB clips of any length
+VIDEO = dict(name="video", channels=3, patch=[2, 4, 4], size=[4, 8, 8], mean=[0.45] * 3, std=[0.225] * 3)
+
 # name -> () -> (config, input x, valid, expected unpatchify(targets(x)), exact?)
 EXAMPLES = {
     "image2d": lambda: (
@@ -90,16 +93,15 @@ EXAMPLES = {
         image_of,
         False,  # the patch depth is averaged away: equal up to rounding
     ),
-    # VideoMAE tubelets: (t, h, w) with 2 x 16 x 16 tubes, here 2 x 4 x 4 on RGB clips of any length
     "video": lambda: (
-        {"name": "video", "channels": 3, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.45] * 3, "std": [0.225] * 3},
+        VIDEO,
         torch.rand(2, 3, 4, 8, 12),
         None,
         normalized,
         True,
     ),
     "video:long": lambda: (
-        {"name": "video", "channels": 3, "patch": [2, 4, 4], "size": [4, 8, 8], "mean": [0.45] * 3, "std": [0.225] * 3},
+        VIDEO,
         torch.rand(2, 3, 10, 8, 8),
         None,
         normalized,
