@@ -56,9 +56,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-def recipe_command(recipe: str, *args, processes: int = 1, direct: bool = False) -> tuple[list[str], dict]:
+def recipe_command(
+    recipe: str, *args, processes: int = 1, direct: bool = False, threads: int | None = None
+) -> tuple[list[str], dict]:
     """The command line and environment of ``accelerate launch --quiet recipes/<recipe>.py ARGS``
-    (``--multi_gpu`` for several processes), or of plain ``python`` with ``direct``."""
+    (``--multi_gpu`` for several processes), or of plain ``python`` with ``direct``; ``threads``
+    per process, by default the two cores shared among the processes."""
     launcher = [
         sys.executable,
         "-m",
@@ -75,13 +78,15 @@ def recipe_command(recipe: str, *args, processes: int = 1, direct: bool = False)
     ]
     launcher += ["--multi_gpu"] if processes > 1 else []
     launcher = [sys.executable] if direct else launcher
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
     return [*launcher, str(ROOT / "recipes" / f"{recipe}.py"), *map(str, args)], env
 
 
-def launch_recipe(recipe: str, *args, processes: int = 1, check: bool = True, direct: bool = False):
+def launch_recipe(
+    recipe: str, *args, processes: int = 1, check: bool = True, direct: bool = False, threads: int | None = None
+):
     """Run ``recipe_command`` to the end; returns the finished process."""
-    command, env = recipe_command(recipe, *args, processes=processes, direct=direct)
+    command, env = recipe_command(recipe, *args, processes=processes, direct=direct, threads=threads)
     proc = subprocess.run(
         command,
         cwd=ROOT,
