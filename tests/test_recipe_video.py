@@ -73,7 +73,8 @@ def test_clips_tell_motions_that_single_frames_cannot(tmp_path):
     over space alone (no maximum) the clips read 0.25 and this test fails."""
     common = ["--preset", "micro", "--per-class", "48", "--size", "32", "--patch", "8", "--lr", "1e-2"]
     common += ["--max-steps", "300", "--checkpoint-every", "300", "--batch-size", "16"]
-    runs = {"clips": ["--frames", "8", "--stride", "2"], "frames": ["--frames", "1", "--tubelet", "1", "--stride", "16"]}
+    clips_args, frame_args = ["--frames", "8", "--stride", "2"], ["--frames", "1", "--tubelet", "1", "--stride", "16"]
+    runs = {"clips": clips_args, "frames": frame_args}
 
     def pretrain_and_probe(name):
         out = tmp_path / name
