@@ -22,11 +22,11 @@ trains. With ``running_cell`` the decoder sees the 160 visible tokens plus half 
 
 The models differ only where VideoMAE's reference code differs from this core's ViT: HF's
 attention has no key bias (VideoMAE's ``qv_bias``; a key bias shifts every score of a query by
-one constant and cannot change the softmax), its encoder-to-decoder projection has no bias, and
-its targets are normalised per channel within a tubelet where ours are normalised per tubelet
-(the same cost). Both position embeddings are fixed sin-cos without parameters (HF: a table of
-the 1568 positions; ours: computed from the (t, y, x) tubelet indices), so the parameter counts
-differ exactly by the missing biases; the script prints both counts and checks that.
+one constant and cannot change the softmax) and its encoder-to-decoder projection has no bias;
+both normalise targets per tubelet and channel (VideoMAE's norm-pix). Both position embeddings
+are fixed sin-cos without parameters (HF: a table of the 1568 positions; ours: computed from the
+(t, y, x) tubelet indices), so the parameter counts differ exactly by the missing biases; the
+script prints both counts and checks that.
 
 All three run interleaved in one process (round-robin, same input, same threads), so machine
 noise hits them alike; clips/s is the median over rounds. On a CPU shared with other work, set

@@ -29,7 +29,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from foundations.losses import masked_mse
+from foundations.losses import masked_mse, normalize_target
 from foundations.masking import MaskConfig
 
 
@@ -82,9 +82,16 @@ class Adapter(nn.Module):
     def unpatchify(self, values: torch.Tensor, like):
         raise NotImplementedError
 
+    def normalize_target(self, target, weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MAE's norm_pix targets: (B, M, P) -> (normalised, mean, std), the statistics broadcastable
+        to (B, M, P); per token, unless a modality normalises finer (video: per channel)."""
+        return normalize_target(target, weights)
+
     def loss(self, pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
         """pred, target: (B, M, P) for the M predicted tokens -> scalar."""
-        return masked_mse(pred, target, weights, norm_target)
+        if norm_target:
+            target = self.normalize_target(target, weights)[0]
+        return masked_mse(pred, target, weights)
 
     def baselines(self, target, weights=None, norm_target: bool = False) -> dict[str, torch.Tensor]:
         """Trivial predictions of ``target`` (B, M, P), in the units the loss compares."""

@@ -22,7 +22,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from foundations.losses import normalize_target
 from foundations.masking import MaskConfig, MaskPlan, make_mask
 from foundations.pos_embed import PosEmbed
 from foundations.vit import Block, Encoder, EncoderConfig, gather_tokens, init_weights, run_blocks
@@ -143,7 +142,7 @@ class MaskedAutoencoder(nn.Module):
         pred = out.pred.float()
         if self.cfg.norm_target:
             w = None if out.weights is None else gather_tokens(out.weights, out.ids_pred)
-            _, mean, std = normalize_target(gather_tokens(target, out.ids_pred), w)
+            _, mean, std = self.adapter.normalize_target(gather_tokens(target, out.ids_pred), w)
             pred = pred * std + mean
         full = target.clone().scatter(1, out.ids_pred[..., None].expand(-1, -1, P), pred.to(target.dtype))
         masked = target * (~out.mask)[..., None]

@@ -154,11 +154,25 @@ def test_video_features__keep_time_steps_apart_and_resample_other_lengths():
     tokens = torch.randn(2, 4 * 2 * 2, 16)  # 4 steps of 2 x 2 tubelets, (t, y, x) order
     features = adapter.pool(tokens, torch.rand(2, 3, 8, 8, 8))
     backwards = adapter.pool(tokens.reshape(2, 4, 4, 16).flip(1).reshape(2, 16, 16), torch.rand(2, 3, 8, 8, 8))
-    assert features.shape == (2, adapter.pooled_dim(16)) == (2, 4 * 16)
-    assert torch.allclose(features[:, :16], tokens[:, :4].mean(1), atol=1e-6)  # step 0: its 4 tubelets
+    assert features.shape == (2, adapter.pooled_dim(16)) == (2, 4 * 2 * 16)
+    assert torch.allclose(features[:, :16], tokens[:, :4].mean(1), atol=1e-6)  # step 0: its 4 tubelets' mean
+    assert torch.equal(features[:, 16:32], tokens[:, :4].amax(1))  # and their maximum
     assert not torch.allclose(features, backwards)  # played backwards: other features
     longer = torch.randn(2, 5 * 4, 16)  # a 10-frame clip: 5 steps, resampled to 4 at t = 0, 4/3, 8/3, 4
-    pooled = adapter.pool(longer, torch.rand(2, 3, 10, 8, 8)).reshape(2, 4, 16)
+    pooled = adapter.pool(longer, torch.rand(2, 3, 10, 8, 8)).reshape(2, 4, 32)[..., :16]  # the means
     steps = longer.reshape(2, 5, 4, 16).mean(2)
     assert torch.allclose(pooled[:, 0], steps[:, 0], atol=1e-6) and torch.allclose(pooled[:, 3], steps[:, 4], atol=1e-6)
     assert torch.allclose(pooled[:, 1], (2 * steps[:, 1] + steps[:, 2]) / 3, atol=1e-6)
+
+
+def test_video_targets__normalised_per_tubelet_and_channel_as_videomae():
+    adapter = build_adapter({"name": "video", "channels": 3, "patch": (2, 4, 4), "size": (4, 8, 8)}, 16)
+    clip = torch.rand(2, 3, 4, 8, 8) * torch.tensor([1.0, 5.0, 0.5]).view(1, 3, 1, 1, 1)  # channels of other scales
+    target = adapter.targets(clip).values  # (2, 8, 2 * 4 * 4 * 3), channel last
+    normed, mean, std = adapter.normalize_target(target)
+    per_channel = normed.unflatten(-1, (32, 3))  # (B, M, pixels, C)
+    assert torch.allclose(per_channel.mean(2), torch.zeros(2, 8, 3), atol=1e-5)
+    assert torch.allclose(per_channel.var(2, unbiased=False), torch.ones(2, 8, 3), atol=1e-3)
+    assert torch.allclose(normed * std + mean, target, atol=1e-5)  # what the reconstruction pictures undo
+    weights = torch.ones_like(target)
+    assert torch.allclose(adapter.normalize_target(target, weights)[0], normed, atol=1e-5)

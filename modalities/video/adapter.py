@@ -26,14 +26,22 @@ import torch.nn.functional as F
 
 from foundations.adapter import ModelDefaults
 from foundations.grid import GridAdapter
+from foundations.losses import normalize_target
 from foundations.masking import MaskConfig
 
 
 class VideoAdapter(GridAdapter):
     name = "video"
-    # VideoMAE: tube masking at 0.9, per-patch normalised targets (its norm_pix loss over each
-    # tubelet's channels and pixels)
+    # VideoMAE: tube masking at 0.9, targets normalised per tubelet and channel (its norm_pix loss)
     defaults = ModelDefaults(MaskConfig("tube", 0.9, tube_axis=0), norm_target=True)
+
+    def normalize_target(self, target, weights=None):
+        """VideoMAE's norm-pix: each channel of each tubelet to zero mean and unit variance over its
+        pixels. (B, M, P) with P = (frames, y, x, channel) -> normalised, mean, std, all (B, M, P)."""
+        C = self.config.channels
+        values = target.unflatten(-1, (-1, C)).transpose(-1, -2)  # (B, M, C, P / C)
+        w = None if weights is None else weights.unflatten(-1, (-1, C)).transpose(-1, -2)
+        return tuple(t.expand_as(values).transpose(-1, -2).flatten(-2) for t in normalize_target(values, w))
 
     def pool(self, tokens: torch.Tensor, x) -> torch.Tensor:
         """tokens (B, N, D) in (t, y, x) order -> (B, steps * 2D), steps = size[0] // patch[0]."""
