@@ -82,15 +82,20 @@ class Adapter(nn.Module):
     def unpatchify(self, values: torch.Tensor, like):
         raise NotImplementedError
 
-    def normalize_target(self, target, weights=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """MAE's norm_pix targets: (B, M, P) -> (normalised, mean, std), the statistics broadcastable
-        to (B, M, P); per token, unless a modality normalises finer (video: per channel)."""
-        return normalize_target(target, weights)
+    def normalize_target(self, target, weights=None) -> torch.Tensor:
+        """MAE's norm_pix targets: (B, M, P) normalised per token, unless a modality normalises
+        finer (video: per channel)."""
+        return normalize_target(target, weights)[0]
+
+    def denormalize_prediction(self, pred, target, weights=None) -> torch.Tensor:
+        """Predictions (B, M, P) of ``normalize_target(target)`` -> the units of ``target``."""
+        _, mean, std = normalize_target(target, weights)
+        return pred * std + mean
 
     def loss(self, pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
         """pred, target: (B, M, P) for the M predicted tokens -> scalar."""
         if norm_target:
-            target = self.normalize_target(target, weights)[0]
+            target = self.normalize_target(target, weights)
         return masked_mse(pred, target, weights)
 
     def baselines(self, target, weights=None, norm_target: bool = False) -> dict[str, torch.Tensor]:

@@ -5,19 +5,20 @@ from __future__ import annotations
 import torch
 
 
-def normalize_target(target: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-6):
-    """Per-token normalisation of MAE's norm_pix_loss: (B, M, P) -> (normalised, mean, std).
+def normalize_target(target: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-6, dim: int = -1):
+    """Per-token normalisation of MAE's norm_pix_loss: (B, M, P) -> (normalised, mean, std), the
+    statistics taken over ``dim`` (kept as 1).
 
     With ``weights``, mean and variance are taken over the weighted elements only, so pixels
     outside an ultrasound sector do not shift the statistics of a patch on its border.
     """
     if weights is None:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True, unbiased=False)
+        mean = target.mean(dim=dim, keepdim=True)
+        var = target.var(dim=dim, keepdim=True, unbiased=False)
     else:
-        w_sum = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
-        mean = (weights * target).sum(dim=-1, keepdim=True) / w_sum
-        var = (weights * (target - mean) ** 2).sum(dim=-1, keepdim=True) / w_sum
+        w_sum = weights.sum(dim=dim, keepdim=True).clamp_min(1e-6)
+        mean = (weights * target).sum(dim=dim, keepdim=True) / w_sum
+        var = (weights * (target - mean) ** 2).sum(dim=dim, keepdim=True) / w_sum
     std = (var + eps).sqrt()
     return (target - mean) / std, mean, std
 

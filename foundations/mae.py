@@ -142,8 +142,7 @@ class MaskedAutoencoder(nn.Module):
         pred = out.pred.float()
         if self.cfg.norm_target:
             w = None if out.weights is None else gather_tokens(out.weights, out.ids_pred)
-            _, mean, std = self.adapter.normalize_target(gather_tokens(target, out.ids_pred), w)
-            pred = pred * std + mean
+            pred = self.adapter.denormalize_prediction(pred, gather_tokens(target, out.ids_pred), w)
         full = target.clone().scatter(1, out.ids_pred[..., None].expand(-1, -1, P), pred.to(target.dtype))
         masked = target * (~out.mask)[..., None]
         return tuple(self.adapter.unpatchify(t, x) for t in (target, masked, full))

@@ -69,7 +69,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, hd)
+        # split before moving heads forward: the backward then stacks the gradients straight into
+        # qkv's layout (a permute of the fused tensor first costs a copy per layer there)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # 3 x (B, h, N, hd)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, hd)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 

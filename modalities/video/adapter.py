@@ -37,11 +37,17 @@ class VideoAdapter(GridAdapter):
 
     def normalize_target(self, target, weights=None):
         """VideoMAE's norm-pix: each channel of each tubelet to zero mean and unit variance over its
-        pixels. (B, M, P) with P = (frames, y, x, channel) -> normalised, mean, std, all (B, M, P)."""
-        C = self.config.channels
-        values = target.unflatten(-1, (-1, C)).transpose(-1, -2)  # (B, M, C, P / C)
-        w = None if weights is None else weights.unflatten(-1, (-1, C)).transpose(-1, -2)
-        return tuple(t.expand_as(values).transpose(-1, -2).flatten(-2) for t in normalize_target(values, w))
+        pixels. (B, M, P) with P = (frames, y, x, channel) -> (B, M, P)."""
+        values, w = self._channels(target), self._channels(weights)
+        return normalize_target(values, w, dim=-2)[0].flatten(-2)
+
+    def denormalize_prediction(self, pred, target, weights=None):
+        _, mean, std = normalize_target(self._channels(target), self._channels(weights), dim=-2)
+        return (self._channels(pred) * std + mean).flatten(-2)
+
+    def _channels(self, t):
+        """(B, M, P) -> (B, M, P / C, C), a view; None stays None."""
+        return None if t is None else t.unflatten(-1, (-1, self.config.channels))
 
     def pool(self, tokens: torch.Tensor, x) -> torch.Tensor:
         """tokens (B, N, D) in (t, y, x) order -> (B, steps * 2D), steps = size[0] // patch[0]."""
