@@ -113,7 +113,7 @@ def test_load_frames__max_pixels_makes_big_images_bad_files(tmp_path):
 @pytest.mark.parametrize("name,reader", [("bad.png", read_image), ("bad.mp4", lambda p: read_clip(p, 4))])
 def test_readers__corrupt_file_named_in_error(tmp_path, name, reader):
     (tmp_path / name).write_bytes(b"\x00garbage" * 50)
-    with pytest.raises(DataError, match=rf"{name}: cannot read"):
+    with pytest.raises(DataError, match=rf"{name}: cannot (read|open)"):
         reader(tmp_path / name)
 
 
@@ -291,5 +291,5 @@ def test_read_clip__an_audio_only_mp4_is_named(tmp_path):
     from tests.test_video_io import audio_only
 
     path = audio_only(tmp_path / "sound.mp4")
-    with pytest.raises(DataError, match="sound.mp4: cannot read clip"):
+    with pytest.raises(DataError, match="sound.mp4: no video stream"):
         read_clip(path, 4)

@@ -1,5 +1,5 @@
 """Reading ultrasound: images (PNG/JPEG/BMP/TIFF) through Pillow, cine loops (mp4/avi/mov/mpeg)
-through decord's ``VideoReader``; every frame becomes grey in [0, 1]."""
+through the video modality's decord reader; every frame becomes grey in [0, 1]."""
 
 from __future__ import annotations
 
@@ -41,16 +41,11 @@ def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def read_clip(path, n_frames: int) -> np.ndarray:
-    """``n_frames`` grey frames (T, H, W) float32 in [0, 1], spread evenly over the clip."""
-    import decord  # imported here: decord's import is slow and only clips need it
+    """``n_frames`` grey frames (T, H, W) float32 in [0, 1], spread evenly over the clip, read as the
+    video modality reads (decord, MPEG program streams in order, errors naming the file)."""
+    from modalities.video.io import frame_count
+    from modalities.video.io import read_clip as read_frames
 
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        total = len(reader)
-        if total == 0:
-            raise DataError(f"{path}: clip has no frames")
-        idx = np.linspace(0, total - 1, min(n_frames, total)).round().astype(int)
-        frames = reader.get_batch(list(idx)).asnumpy()  # (T, H, W, 3) uint8
-    except Exception as e:  # noqa: BLE001 - decord raises RuntimeError, or DECORDError (an Exception)
-        raise DataError(f"{path}: cannot read clip ({str(e).splitlines()[0]})") from None
-    return frames.astype(np.float32).mean(-1) / 255.0
+    total = frame_count(path)
+    idx = np.linspace(0, total - 1, min(n_frames, total)).round().astype(int)
+    return read_frames(path, idx.tolist()).numpy().astype(np.float32).mean(-1) / 255.0

@@ -88,6 +88,11 @@ def _open(path):
     return reader
 
 
+def frame_count(path) -> int:
+    """Frames in a video, from its index (nothing decoded)."""
+    return len(_open(path))
+
+
 def _starts(reader) -> np.ndarray:
     """(n,) presentation time of every frame in seconds, from decord's index (nothing decoded)."""
     return reader.get_frame_timestamp(list(range(len(reader))))[:, 0].astype(np.float64)
