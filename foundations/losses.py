@@ -23,15 +23,14 @@ def normalize_target(target: torch.Tensor, weights: torch.Tensor | None = None, 
     return (target - mean) / std, mean, std
 
 
-def masked_mse(pred, target, weights=None, norm_target: bool = False) -> torch.Tensor:
+def masked_mse(pred, target, weights=None) -> torch.Tensor:
     """Mean squared error over the predicted tokens, honouring per-element weights.
 
     pred, target, weights: (B, M, P). Returns the mean over every element; with weights, the mean
     over samples of each sample's weighted mean, so that a batch split over processes (each taking
-    its half's loss, the gradients averaged) gives the loss of the whole batch.
+    its half's loss, the gradients averaged) gives the loss of the whole batch. Targets come
+    normalised as the adapter normalises them (``Adapter.normalize_target``).
     """
-    if norm_target:
-        target, _, _ = normalize_target(target, weights)
     err = (pred.float() - target.float()) ** 2
     if weights is None:
         return err.mean()
