@@ -6,7 +6,8 @@ data it was trained on, and free-form metadata (class names, training summary).
 
 The loader is handed the adapter registry (``modalities.ADAPTERS``) rather than importing it, so
 the core never imports a modality. Versions: 1 wrote per-modality adapter fields (``image_size``,
-``roi``); 2 writes the grid adapter's. Each adapter's ``upgrade`` converts older fields on load.
+``roi``); 2 writes the grid adapter's; 3 adds the encoder's ``norm_eps`` and ``pos_grid`` (imported
+encoders). Each adapter's ``upgrade`` converts older fields on load.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from foundations.files import replacing, write_text
 from foundations.vit import Encoder, EncoderConfig
 
 FORMAT = "mae-foundations/encoder"
-VERSION = 2
+VERSION = 3
 
 
 class CheckpointError(ValueError):

@@ -8,11 +8,16 @@ resolution, aspect ratio or irregular token set works without interpolating a po
   generalised from 2-D to k-D by giving each axis an equal share of the channels.
 - ``LearnedPosEmbed``: a small MLP on the coordinates, as Point-MAE (Pang et al. 2022) uses for
   continuous group centres.
+- ``TablePosEmbed``: the position table of an encoder imported from elsewhere (timm, MAE, Hugging
+  Face), kept as it was trained and looked up by grid index.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,17 +52,53 @@ class LearnedPosEmbed(nn.Module):
         return self.mlp(coords.float())
 
 
-class PosEmbed(nn.Module):
-    """The positional embedding named by ``kind``: "sincos" (fixed) or "mlp" (learned)."""
+class TablePosEmbed(nn.Module):
+    """A table of one embedding per position of ``grid`` (rows in row-major order), looked up by
+    the tokens' grid indices: (B, N, k) -> (B, N, dim). The grid of an input is read from its
+    tokens' coordinates, which must therefore be all of them (embed before masking). Another 2-D
+    grid gets the table resized as a (dim, *grid) image, bicubic, as its source resizes it: with
+    ``antialias`` as timm's ``resample_abs_pos_embed``, without as MAE's ``interpolate_pos_embed``
+    and Hugging Face's ``interpolate_pos_encoding`` (PyTorch's antialiased bicubic is another
+    kernel, a = -0.5 against -0.75, even when enlarging)."""
 
-    def __init__(self, kind: str, coord_dim: int, dim: int):
+    def __init__(self, grid, dim: int, antialias: bool = False):
         super().__init__()
-        if kind not in ("sincos", "mlp"):
-            raise ValueError(f"pos_embed must be 'sincos' or 'mlp', got {kind!r}")
+        self.grid, self.antialias = tuple(int(g) for g in grid), antialias
+        self.register_buffer("table", torch.zeros(math.prod(self.grid), dim))
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        grid = tuple(int(g) + 1 for g in coords.detach().amax(dim=(0, 1)))
+        if math.prod(grid) != coords.shape[1]:
+            raise ValueError(f"a position table needs every token of the grid: {coords.shape[1]} tokens in {grid}")
+        table = self.table if grid == self.grid else self.resized(grid)
+        strides = torch.tensor([math.prod(grid[i + 1 :]) for i in range(len(grid))], device=coords.device)
+        return table[(coords.long() * strides).sum(-1)]  # (B, N, dim)
+
+    def resized(self, grid: tuple[int, ...]) -> torch.Tensor:
+        if len(grid) != 2:
+            raise ValueError(f"a position table over {self.grid} cannot be resized to {grid} (2-D grids only)")
+        image = self.table.T.reshape(1, -1, *self.grid)  # (1, dim, *grid)
+        image = F.interpolate(image, size=grid, mode="bicubic", align_corners=False, antialias=self.antialias)
+        return image.reshape(image.shape[1], -1).T  # (prod(grid), dim)
+
+
+class PosEmbed(nn.Module):
+    """The positional embedding named by ``kind``: "sincos" (fixed), "mlp" (learned) or "table"
+    (an imported table over ``grid``, resized with or without ``antialias``)."""
+
+    def __init__(self, kind: str, coord_dim: int, dim: int, grid=None, antialias: bool = False):
+        super().__init__()
+        if kind not in ("sincos", "mlp", "table"):
+            raise ValueError(f"pos_embed must be 'sincos', 'mlp' or 'table', got {kind!r}")
+        if (kind == "table") != (grid is not None):
+            raise ValueError("pos_embed 'table' needs its grid, and only it takes one")
         self.kind, self.dim = kind, dim
         self.mlp = LearnedPosEmbed(coord_dim, dim) if kind == "mlp" else None
+        self.table = TablePosEmbed(grid, dim, antialias) if kind == "table" else None
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         if self.mlp is not None:
             return self.mlp(coords)
+        if self.table is not None:
+            return self.table(coords)
         return sincos_embed(coords, self.dim)

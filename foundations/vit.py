@@ -34,8 +34,15 @@ class EncoderConfig:
     pool: str = "mean"  # features: mean (as the adapter pools) | max | cls | cls+max (Point-MAE's head)
     layer_scale: float | None = None  # init value of LayerScale, None = off
     grad_checkpointing: bool = False
+    norm_eps: float = 1e-6  # LayerNorm epsilon (MAE, timm); Hugging Face's ViTMAE uses 1e-12
+    pos_grid: tuple[int, ...] | None = None  # a position table over this grid (imported encoders)
+    pos_resize: str = "bicubic"  # how the table meets other grids: bicubic | bicubic-antialias (timm)
 
     def __post_init__(self):
+        if self.pos_grid is not None:  # JSON gives a list
+            object.__setattr__(self, "pos_grid", tuple(self.pos_grid))
+        if self.pos_resize not in ("bicubic", "bicubic-antialias"):
+            raise ValueError(f"EncoderConfig.pos_resize must be bicubic or bicubic-antialias, got {self.pos_resize!r}")
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -79,9 +86,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + DropPath(LS(Attn(LN x))), then the same with the MLP."""
 
-    def __init__(self, dim, heads, mlp_ratio=4.0, drop_path=0.0, layer_scale=None):
+    def __init__(self, dim, heads, mlp_ratio=4.0, drop_path=0.0, layer_scale=None, eps=1e-6):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
@@ -133,13 +140,17 @@ class Encoder(nn.Module):
     def __init__(self, adapter, cfg: EncoderConfig):
         super().__init__()
         self.adapter, self.cfg = adapter, cfg
-        self.pos_embed = PosEmbed(adapter.pos_embed, adapter.coord_dim, cfg.dim)
+        if cfg.pos_grid is not None and getattr(adapter.config, "coords", "index") != "index":
+            raise ValueError("a position table (EncoderConfig.pos_grid) needs grid-index coordinates")
+        kind = adapter.pos_embed if cfg.pos_grid is None else "table"
+        antialias = cfg.pos_resize == "bicubic-antialias"
+        self.pos_embed = PosEmbed(kind, adapter.coord_dim, cfg.dim, cfg.pos_grid, antialias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.cls_token else None
         dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth rule
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.layer_scale) for i in range(cfg.depth)
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.layer_scale, cfg.norm_eps) for i in range(cfg.depth)
         )
-        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         for part in (self.pos_embed, self.blocks, self.norm):  # the adapter initialises itself
             part.apply(init_weights)
         if self.cls_token is not None:
@@ -157,9 +168,9 @@ class Encoder(nn.Module):
     def forward_tokens(self, tokens, coords, ids_keep=None, hidden=None) -> torch.Tensor:
         """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
         -> (B, n_prefix + Nv, D) normed, cls first when present. ``hidden``: see ``run_blocks``."""
+        x = tokens + self.pos_embed(coords).to(tokens.dtype)  # every token's position, then the visible
         if ids_keep is not None:
-            tokens, coords = gather_tokens(tokens, ids_keep), gather_tokens(coords, ids_keep)
-        x = tokens + self.pos_embed(coords).to(tokens.dtype)
+            x = gather_tokens(x, ids_keep)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = run_blocks(self.blocks, x, self.cfg.grad_checkpointing, hidden)

@@ -7,6 +7,9 @@ datasets live in each package's ``io`` and ``data`` modules and load when a reci
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from foundations import adapter, checkpoint
@@ -34,7 +37,20 @@ def build_adapter(config: dict, dim: int, version: int | None = None):
     return adapter.build_adapter(ADAPTERS, config, dim, version)
 
 
-def load_encoder(directory, device: str | torch.device = "cpu"):
-    """A pretrained encoder of any modality, in one call (``foundations.checkpoint.load_encoder``
-    with this registry)."""
-    return checkpoint.load_encoder(directory, ADAPTERS, device)
+def load_encoder(path, device: str | torch.device = "cpu"):
+    """A pretrained encoder of any modality, in one call: a directory this suite wrote
+    (``foundations.checkpoint.load_encoder`` with this registry), or another library's checkpoint
+    converted on the fly (``modalities.convert``: timm, MAE, Hugging Face ViTMAE)."""
+    path = Path(path)
+    if not (path.is_file() or _hugging_face_dir(path)):
+        return checkpoint.load_encoder(path, ADAPTERS, device)
+    from modalities.convert import convert  # imported here: it imports this module
+
+    return convert(path).to(device)
+
+
+def _hugging_face_dir(path: Path) -> bool:
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False

@@ -28,7 +28,7 @@ def test_save_load__same_outputs_and_metadata(saved):
     torch.testing.assert_close(loaded(x).features, enc(x).features)
     assert loaded.info["classes"] == ["a", "b"] and loaded.info["data_card"] == "data_cards/busi.md"
     assert loaded.adapter.config.mean == (0.3,)  # normalisation statistics travel with the weights
-    assert json.loads((path / "config.json").read_text())["version"] == VERSION == 2
+    assert json.loads((path / "config.json").read_text())["version"] == VERSION == 3
 
 
 def test_load__missing_directory(tmp_path):

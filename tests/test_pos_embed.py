@@ -43,4 +43,6 @@ def test_pos_embed__mlp_is_learned_and_continuous():
 
 def test_pos_embed__unknown_kind_raises():
     with pytest.raises(ValueError, match="pos_embed"):
+        PosEmbed("rope", 2, 16)
+    with pytest.raises(ValueError, match="needs its grid"):
         PosEmbed("table", 2, 16)
