@@ -114,19 +114,21 @@ def vit_from_timm_names(state, path, modality, heads, eps, mean_std, image, mae_
     heads = heads or HEADS.get(dim)
     if heads is None:
         raise CheckpointError(f"{path}: width {dim} is not a standard ViT's; say the number of heads (--heads)")
-    pos = state.pop("pos_embed")[0]  # (prefix + N, D)
+    pos = state.pop("pos_embed")[0]  # (N or 1 + N, D): a row for the class token first, unless it has none
     cls = state.pop("cls_token", None)
-    n = pos.shape[0] - (cls is not None)
-    side = image // patch[0] if image else math.isqrt(n)
-    if side * side != n:
-        raise CheckpointError(f"{path}: {n} positions are not a square grid; give the image size")
+    rows = pos.shape[0]
+    with_cls_row = cls is not None and math.isqrt(rows) ** 2 != rows  # 1 + k * k is never a square
+    side = image // patch[0] if image else math.isqrt(rows - with_cls_row)
+    n = side * side
+    if rows - n not in ((0, 1) if cls is not None else (0,)):
+        raise CheckpointError(f"{path}: {rows} position rows do not fit a square grid of patches")
     ours = {
         "adapter.proj.weight": proj,
         "adapter.proj.bias": state.pop("patch_embed.proj.bias", torch.zeros(dim)),
         "pos_embed.table.table": pos[-n:],
     }
     if cls is not None:  # its position added to it once: this encoder gives the class token none
-        ours["cls_token"] = cls + pos[:1]
+        ours["cls_token"] = cls + pos[:1] if rows > n else cls
     for key in [k for k in state if k.startswith(("blocks.", "norm."))]:
         ours[key] = state.pop(key)
     skipped = sorted(k for k in state if NOT_IMPORTED.match(k))

@@ -73,6 +73,15 @@ def test_timm_and_mae_files_import_equal_at_their_size_and_another(tmp_path, fmt
         assert_same(encoder(other).tokens, reference.forward_features((other - MEAN) / STD)[:, 1:])
 
 
+def test_a_table_without_a_row_for_the_class_token_imports_equal(tmp_path):
+    vit = timm_vit(no_embed_class=True)  # DeiT III's layout: positions for the patches only
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, tmp_path / "deit3.safetensors")
+    encoder = convert(tmp_path / "deit3.safetensors", heads=2)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_same(encoder(x).tokens, vit.forward_features((x - MEAN) / STD)[:, 1:])
+
+
 def test_hugging_face_vitmae_directory_imports_equal(tmp_path):
     import transformers  # the dev extra's (tests and benchmarks), never the suite's at run time
 
