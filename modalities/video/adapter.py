@@ -13,8 +13,8 @@ tell "left" from "right" or "growing" from "shrinking"; a mean over space dilute
 thing by the area of the background around it, where the maximum keeps it. Clips of another length
 are resampled in time (linearly) to the steps of the configured size, so features keep one size.
 Measured on the built-in motion set (tests/test_recipe_video.py: micro encoder, 8 frames of 32 x
-32 at stride 2, 300 steps; linear probe on 80 held-out clips, chance 0.125): clips 0.54, single
-frames 0.17, clips through the mean alone 0.25. A randomly initialised video encoder reads as much
+32 at stride 2, 150 steps; linear probe on 80 held-out clips, chance 0.125): clips 0.50, single
+frames 0.14, clips through the mean alone 0.25. A randomly initialised video encoder reads as much
 (0.50): tubelets and attention across time carry the motion, and a short pretraining does not add
 to it (see the README).
 """
