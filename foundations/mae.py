@@ -86,9 +86,9 @@ class Decoder(nn.Module):
         -> (B, M, P)."""
         x = self.embed(latent)  # (B, n_prefix + Nv, Dd)
         prefix, vis = x[:, :n_prefix], x[:, n_prefix:]
-        vis = vis + self.pos_embed(gather_tokens(coords, ids_keep)).to(vis.dtype)
+        vis = vis + self.pos_embed(coords, ids_keep).to(vis.dtype)
         B, M = ids_pred.shape
-        query = self.mask_token.expand(B, M, -1) + self.pos_embed(gather_tokens(coords, ids_pred)).to(x.dtype)
+        query = self.mask_token.expand(B, M, -1) + self.pos_embed(coords, ids_pred).to(x.dtype)
         x = torch.cat([prefix, vis, query], dim=1)  # (B, n_prefix + Nv + M, Dd)
         x = run_blocks(self.blocks, x, grad_checkpointing=False)
         return self.pred(self.norm(x[:, -M:]))  # (B, M, P)

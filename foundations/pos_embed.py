@@ -55,7 +55,8 @@ class LearnedPosEmbed(nn.Module):
 class TablePosEmbed(nn.Module):
     """A table of one embedding per position of ``grid`` (rows in row-major order), looked up by
     the tokens' grid indices: (B, N, k) -> (B, N, dim). The grid of an input is read from its
-    tokens' coordinates, which must therefore be all of them (embed before masking). Another 2-D
+    tokens' coordinates, which must therefore be all of them (``PosEmbed`` keeps the visible ones
+    after the lookup). Another 2-D
     grid gets the table resized as a (dim, *grid) image, bicubic, as its source resizes it: with
     ``antialias`` as timm's ``resample_abs_pos_embed``, without as MAE's ``interpolate_pos_embed``
     and Hugging Face's ``interpolate_pos_encoding`` (PyTorch's antialiased bicubic is another
@@ -96,9 +97,16 @@ class PosEmbed(nn.Module):
         self.mlp = LearnedPosEmbed(coord_dim, dim) if kind == "mlp" else None
         self.table = TablePosEmbed(grid, dim, antialias) if kind == "table" else None
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        if self.mlp is not None:
-            return self.mlp(coords)
+    def forward(self, coords: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """coords of every token (B, N, k), ``ids`` (B, M) the tokens wanted (default: all) ->
+        (B, M, dim). A table reads the grid from all the coordinates, so it embeds them all and
+        keeps those wanted; the others embed only the tokens wanted."""
         if self.table is not None:
-            return self.table(coords)
-        return sincos_embed(coords, self.dim)
+            return _take(self.table(coords), ids)
+        coords = _take(coords, ids)
+        return self.mlp(coords) if self.mlp is not None else sincos_embed(coords, self.dim)
+
+
+def _take(x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    """x (B, N, C), ids (B, M) -> (B, M, C); x itself without ids."""
+    return x if ids is None else x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

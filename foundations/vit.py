@@ -168,9 +168,8 @@ class Encoder(nn.Module):
     def forward_tokens(self, tokens, coords, ids_keep=None, hidden=None) -> torch.Tensor:
         """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
         -> (B, n_prefix + Nv, D) normed, cls first when present. ``hidden``: see ``run_blocks``."""
-        x = tokens + self.pos_embed(coords).to(tokens.dtype)  # every token's position, then the visible
-        if ids_keep is not None:
-            x = gather_tokens(x, ids_keep)
+        x = tokens if ids_keep is None else gather_tokens(tokens, ids_keep)
+        x = x + self.pos_embed(coords, ids_keep).to(x.dtype)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = run_blocks(self.blocks, x, self.cfg.grad_checkpointing, hidden)

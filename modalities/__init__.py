@@ -7,7 +7,6 @@ datasets live in each package's ``io`` and ``data`` modules and load when a reci
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -41,16 +40,9 @@ def load_encoder(path, device: str | torch.device = "cpu"):
     """A pretrained encoder of any modality, in one call: a directory this suite wrote
     (``foundations.checkpoint.load_encoder`` with this registry), or another library's checkpoint
     converted on the fly (``modalities.convert``: timm, MAE, Hugging Face ViTMAE)."""
+    from modalities.convert import convert, hugging_face_type  # imported here: it imports this module
+
     path = Path(path)
-    if not (path.is_file() or _hugging_face_dir(path)):
+    if not (path.is_file() or hugging_face_type(path)):
         return checkpoint.load_encoder(path, ADAPTERS, device)
-    from modalities.convert import convert  # imported here: it imports this module
-
     return convert(path).to(device)
-
-
-def _hugging_face_dir(path: Path) -> bool:
-    try:
-        return "model_type" in json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False

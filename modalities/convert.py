@@ -55,6 +55,14 @@ def load_raw(path: Path):
         raise CheckpointError(f"{path}: cannot read weights ({str(e).splitlines()[0]})") from None
 
 
+def hugging_face_type(directory: Path) -> str | None:
+    """The ``model_type`` of a Hugging Face model directory; None for anything else."""
+    try:
+        return json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def state_dict(raw, path: Path) -> dict[str, torch.Tensor]:
     """The state dict in ``raw``, out of an official ``{"model": ...}`` (or ``"module"``,
     ``"state_dict"``) wrapper if it has one."""
@@ -77,8 +85,7 @@ def convert(path, source: str | None = None, modality: str = "image2d", heads: i
         raise CheckpointError(f"{path}: unknown source {source!r}; one of {SOURCES}")
     guessed = source is None
     if path.is_dir():
-        config = path / "config.json"
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        model_type = hugging_face_type(path)
         if source not in (None, "hf-vitmae") or model_type != "vit_mae":
             raise CheckpointError(f"{path}: a directory, but not a Hugging Face ViTMAE (model_type {model_type!r})")
         source = "hf-vitmae"
@@ -192,13 +199,10 @@ def hf_vitmae_state(path: Path) -> tuple[dict, dict]:
             rest = next((rest.replace(a, b, 1) for a, b in HF_LAYER.items() if rest.startswith(a)), rest)
             key = f"blocks.{i}.{rest}"
         out[key] = value
-    for (i, kind), parts in qkv.items():
-        if kind == "bias" and len(parts) < 3:  # qkv_bias=False files have none
-            continue
+    for (i, kind), parts in qkv.items():  # rows 0:D, D:2D, 2D:3D
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
-    if not any(k.endswith("attn.qkv.bias") for k in out):  # no biases: zeros, the same function
-        for i in {k.split(".")[1] for k in out if k.endswith("attn.qkv.weight")}:
-            out[f"blocks.{i}.attn.qkv.bias"] = torch.zeros(out[f"blocks.{i}.attn.qkv.weight"].shape[0])
+    for key in [k for k in out if k.endswith("attn.qkv.weight")]:  # qkv_bias=False: zero biases, the same function
+        out.setdefault(key.replace("weight", "bias"), torch.zeros(out[key].shape[0]))
     return out, hf
 
 
