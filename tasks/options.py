@@ -22,7 +22,7 @@ import yaml
 from foundations.vit import PRESETS
 from modalities.common import DataSource
 
-STAGES = ("pretrain", "probe", "finetune", "all", "extract")
+STAGES = ("pretrain", "probe", "finetune", "extract")  # in the order they run
 RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options; ignored as --config
 
 
@@ -32,9 +32,9 @@ class RunOptions:
     stage: str = field(
         default="all",
         metadata={
-            "choices": STAGES,
-            "help": "which stage to run; all: pretrain, probe, finetune in turn; extract: features of every "
-            "input from the encoder (features.safetensors + features.json)",
+            "help": "stages to run, comma-separated (e.g. pretrain,probe), from pretrain, probe, finetune, "
+            "extract (features of every input from the encoder: features.safetensors + features.json); "
+            "all: pretrain, probe, finetune in turn",
         },
     )
     tokens: bool = field(default=False, metadata={"help": "--stage extract also saves every patch token"})
@@ -55,7 +55,15 @@ class RunOptions:
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl records"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """``--stage`` as the stages it names, in the order they run."""
+        named = ("pretrain", "probe", "finetune") if self.stage == "all" else self.stage.split(",")
+        return tuple(s for s in STAGES if s in named)
+
     def __post_init__(self):
+        if self.stage != "all" and not set(self.stage.split(",")) <= set(STAGES):
+            raise ValueError(f"--stage {self.stage}: choose all or from {','.join(STAGES)}, comma-separated")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):

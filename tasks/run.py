@@ -101,7 +101,7 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
             write_text(metrics_path, json.dumps(metrics, indent=2))
 
     session = Session(acc, out, opts.run, opts.source.seed)
-    chosen = ("pretrain", "probe", "finetune") if opts.run.stage == "all" else (opts.run.stage,)
+    chosen = opts.run.stages
     encoder_dir = out / "encoder" if "pretrain" in chosen or not opts.run.encoder else Path(opts.run.encoder)
     # each stage starts from generators seeded by its name: a resume that finds a stage done and
     # skips it leaves the next one as it was

@@ -44,13 +44,21 @@ def test_parse__config_file_then_flags_and_a_runs_config_yaml_round_trips(tmp_pa
     [
         (["--image-size", "100"], "multiple of patch"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--stage", "train"], "invalid choice"),
+        (["--stage", "train"], "--stage train: choose all or from pretrain,probe,finetune,extract"),
+        (["--stage", "pretrain,all"], "--stage pretrain,all: choose"),
     ],
 )
 def test_parse__bad_values_stop_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse("ultrasound", "", UltrasoundOptions, argv=argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parse__stages_run_in_their_order_whatever_the_order_named():
+    stages = {
+        a: parse("ultrasound", "", UltrasoundOptions, argv=["--stage", a]).run.stages for a in ("all", "probe,pretrain")
+    }
+    assert stages == {"all": ("pretrain", "probe", "finetune"), "probe,pretrain": ("pretrain", "probe")}
 
 
 def test_parse__unknown_config_option_is_named(tmp_path):
@@ -62,7 +70,7 @@ def test_parse__unknown_config_option_is_named(tmp_path):
 @pytest.mark.parametrize(
     "config,message",
     [
-        ("stage: bogus\n", "argument --stage: invalid choice: 'bogus'"),
+        ("stage: bogus\n", "--stage bogus: choose all or from"),
         ("batch_size: -4\n", "--batch-size must be >= 1"),
         ("max_steps: many\n", "argument --max-steps: invalid int value: 'many'"),
         ("resume: maybe\n", "argument --resume"),

@@ -81,8 +81,18 @@ def test_modelnet10_pretraining_beats_the_group_centre_and_probe_beats_chance(sh
         "--pointnet-width",
         "64",
     ]
-    launch(*common, "--stage", "pretrain", "--max-steps", "150", "--lr", "5e-3")
-    launch(*common, "--stage", "probe", "--probe-steps", "300")
+    launch(
+        *common,
+        "--stage",
+        "pretrain,probe",
+        "--max-steps",
+        "80",
+        "--lr",
+        "5e-3",
+        "--probe-steps",
+        "300",
+        "--no-probe-baselines",
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/eval_clouds"] == 200  # 20 % of each class held out
     assert metrics["pretrain/eval_loss"] < 0.8 * metrics["pretrain/eval_loss_group_centre"], metrics

@@ -70,8 +70,7 @@ def test_spinal_cord_segmentation_on_a_held_out_contrast_beats_the_empty_predict
     out = tmp_path / "run"
     common = [*SMALL, "--task", "segment", "--data", train, "--eval-data", held, "--out", out]
     common += ["--spacing", "1", "--roi", "32", "--patch", "8", "--samples", "8"]
-    launch(*common, "--stage", "pretrain", "--max-steps", "40")
-    launch(*common, "--stage", "finetune", "--finetune-steps", "150")
+    launch(*common, "--stage", "pretrain,finetune", "--max-steps", "40", "--finetune-steps", "150")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/train_volumes"] == 4 and metrics["data/eval_volumes"] == 1
     assert metrics["data/spacing_max_mm"] == [1.0, 1.0, 1.0]  # thick-slice T2* and MT resampled
@@ -95,12 +94,11 @@ def test_unlabelled_mni152_pretrains_and_the_probe_says_it_needs_labels(shared, 
 def test_adrenalmnist3d_probe_beats_chance(shared, tmp_path):
     """Binary shape masks resampled to 2 mm (32^3), 8^3 patches. On these thin shapes a short CPU
     pretraining only just beats the mean predictor on held-out masked patches (0.0162 vs 0.0164);
-    the probe still clears chance by a margin (0.65 balanced accuracy when this was written)."""
+    the probe still clears chance by a margin (0.69 balanced accuracy when this was written)."""
     out = tmp_path / "run"
-    common = ["--preset", "micro", "--data", shared / "medical3d/adrenalmnist3d_64", "--out", out]
-    common += ["--spacing", "2", "--roi", "32", "--patch", "8"]
-    launch(*common, "--stage", "pretrain", "--max-steps", "300", "--batch-size", "16")
-    launch(*common, "--stage", "probe", "--probe-steps", "300")
+    args = ["--preset", "micro", "--data", shared / "medical3d/adrenalmnist3d_64", "--out", out, "--spacing", "2"]
+    args += ["--roi", "32", "--patch", "8", "--stage", "pretrain,probe", "--max-steps", "200", "--batch-size", "16"]
+    launch(*args, "--probe-steps", "200", "--no-probe-baselines")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/train_volumes"] == 1188 and metrics["data/eval_volumes"] == 98  # the file's val split
     assert metrics["pretrain/loss_last"] < 0.5 * metrics["pretrain/loss_first"], metrics
