@@ -9,7 +9,8 @@ resolution, aspect ratio or irregular token set works without interpolating a po
 - ``LearnedPosEmbed``: a small MLP on the coordinates, as Point-MAE (Pang et al. 2022) uses for
   continuous group centres.
 - ``TablePosEmbed``: the position table of an encoder imported from elsewhere (timm, MAE, Hugging
-  Face), kept as it was trained and looked up by grid index.
+  Face, VideoMAE, AudioMAE), kept as it was trained and looked up by grid index.
+- ``sinusoid_table``: VideoMAE's fixed table, a 1-D sinusoid over the flattened token index.
 """
 
 from __future__ import annotations
@@ -52,19 +53,35 @@ class LearnedPosEmbed(nn.Module):
         return self.mlp(coords.float())
 
 
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """VideoMAE's table (Tong et al. 2022, after Vaswani et al. 2017): row ``i`` of (n, dim) holds
+    sin on even and cos on odd channels of ``i / 10000 ** (2 * (c // 2) / dim)``, where ``i`` is the
+    token's index in the flattened (t, y, x) grid. Computed in float64 as its numpy original."""
+    c = torch.arange(dim, dtype=torch.float64)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] / 10000 ** (2 * (c // 2) / dim)  # (n, dim)
+    return torch.where(c % 2 == 0, angles.sin(), angles.cos()).float()
+
+
+RESIZE = ("bicubic", "bicubic-antialias", "sinusoid")
+
+
 class TablePosEmbed(nn.Module):
     """A table of one embedding per position of ``grid`` (rows in row-major order), looked up by
     the tokens' grid indices: (B, N, k) -> (B, N, dim). The grid of an input is read from its
     tokens' coordinates, which must therefore be all of them (``PosEmbed`` keeps the visible ones
-    after the lookup). Another 2-D
-    grid gets the table resized as a (dim, *grid) image, bicubic, as its source resizes it: with
-    ``antialias`` as timm's ``resample_abs_pos_embed``, without as MAE's ``interpolate_pos_embed``
-    and Hugging Face's ``interpolate_pos_encoding`` (PyTorch's antialiased bicubic is another
-    kernel, a = -0.5 against -0.75, even when enlarging)."""
+    after the lookup). Another grid gets the table as its source would (``resize``):
+      "bicubic"            a 2-D table resized as a (dim, *grid) image, as MAE's
+                           ``interpolate_pos_embed`` and Hugging Face's ``interpolate_pos_encoding``;
+      "bicubic-antialias"  the same with antialiasing, as timm's ``resample_abs_pos_embed`` (PyTorch's
+                           antialiased bicubic is another kernel, a = -0.5 against -0.75, even when
+                           enlarging);
+      "sinusoid"           VideoMAE's table computed again for the new grid's flattened index."""
 
-    def __init__(self, grid, dim: int, antialias: bool = False):
+    def __init__(self, grid, dim: int, resize: str = "bicubic"):
         super().__init__()
-        self.grid, self.antialias = tuple(int(g) for g in grid), antialias
+        if resize not in RESIZE:
+            raise ValueError(f"a position table's resize must be one of {RESIZE}, got {resize!r}")
+        self.grid, self.resize = tuple(int(g) for g in grid), resize
         self.register_buffer("table", torch.zeros(math.prod(self.grid), dim))
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
@@ -76,18 +93,21 @@ class TablePosEmbed(nn.Module):
         return table[(coords.long() * strides).sum(-1)]  # (B, N, dim)
 
     def resized(self, grid: tuple[int, ...]) -> torch.Tensor:
+        if self.resize == "sinusoid":
+            return sinusoid_table(math.prod(grid), self.table.shape[1]).to(self.table)
         if len(grid) != 2:
             raise ValueError(f"a position table over {self.grid} cannot be resized to {grid} (2-D grids only)")
         image = self.table.T.reshape(1, -1, *self.grid)  # (1, dim, *grid)
-        image = F.interpolate(image, size=grid, mode="bicubic", align_corners=False, antialias=self.antialias)
+        antialias = self.resize == "bicubic-antialias"
+        image = F.interpolate(image, size=grid, mode="bicubic", align_corners=False, antialias=antialias)
         return image.reshape(image.shape[1], -1).T  # (prod(grid), dim)
 
 
 class PosEmbed(nn.Module):
     """The positional embedding named by ``kind``: "sincos" (fixed), "mlp" (learned) or "table"
-    (an imported table over ``grid``, resized with or without ``antialias``)."""
+    (an imported table over ``grid``, meeting other grids as ``resize`` says)."""
 
-    def __init__(self, kind: str, coord_dim: int, dim: int, grid=None, antialias: bool = False):
+    def __init__(self, kind: str, coord_dim: int, dim: int, grid=None, resize: str = "bicubic"):
         super().__init__()
         if kind not in ("sincos", "mlp", "table"):
             raise ValueError(f"pos_embed must be 'sincos', 'mlp' or 'table', got {kind!r}")
@@ -95,7 +115,7 @@ class PosEmbed(nn.Module):
             raise ValueError("pos_embed 'table' needs its grid, and only it takes one")
         self.kind, self.dim = kind, dim
         self.mlp = LearnedPosEmbed(coord_dim, dim) if kind == "mlp" else None
-        self.table = TablePosEmbed(grid, dim, antialias) if kind == "table" else None
+        self.table = TablePosEmbed(grid, dim, resize) if kind == "table" else None
 
     def forward(self, coords: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """coords of every token (B, N, k), ``ids`` (B, M) the tokens wanted (default: all) ->

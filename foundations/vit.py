@@ -18,9 +18,9 @@ from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foundations.pos_embed import PosEmbed
+from foundations.pos_embed import RESIZE, PosEmbed
 
-POOLS = ("mean", "max", "cls", "cls+max")
+POOLS = ("mean", "avg", "max", "cls", "cls+max")
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,22 @@ class EncoderConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     cls_token: bool = False
-    pool: str = "mean"  # features: mean (as the adapter pools) | max | cls | cls+max (Point-MAE's head)
+    # features: mean (as the adapter pools) | avg (the mean of all patch tokens: timm's "avg", MAE's
+    # and VideoMAE's fine-tuning) | max | cls | cls+max (Point-MAE's head)
+    pool: str = "mean"
     layer_scale: float | None = None  # init value of LayerScale, None = off
     grad_checkpointing: bool = False
     norm_eps: float = 1e-6  # LayerNorm epsilon (MAE, timm); Hugging Face's ViTMAE uses 1e-12
     pos_grid: tuple[int, ...] | None = None  # a position table over this grid (imported encoders)
-    pos_resize: str = "bicubic"  # how the table meets other grids: bicubic | bicubic-antialias (timm)
+    pos_resize: str = "bicubic"  # how the table meets other grids: bicubic | bicubic-antialias | sinusoid
+    final_norm: bool = True  # a LayerNorm on the output tokens (fine-tuned MAE and VideoMAE have none)
+    fc_norm: bool = False  # a LayerNorm on the pooled features (MAE's and VideoMAE's fine-tuning)
 
     def __post_init__(self):
         if self.pos_grid is not None:  # JSON gives a list
             object.__setattr__(self, "pos_grid", tuple(self.pos_grid))
-        if self.pos_resize not in ("bicubic", "bicubic-antialias"):
-            raise ValueError(f"EncoderConfig.pos_resize must be bicubic or bicubic-antialias, got {self.pos_resize!r}")
+        if self.pos_resize not in RESIZE:
+            raise ValueError(f"EncoderConfig.pos_resize must be one of {RESIZE}, got {self.pos_resize!r}")
         for name in ("dim", "depth", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -131,7 +135,7 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 class EncoderOutput(NamedTuple):
     features: torch.Tensor  # (B, feature_dim): the tokens pooled as EncoderConfig.pool says
-    tokens: torch.Tensor  # (B, N, D): patch tokens after the final norm (no cls)
+    tokens: torch.Tensor  # (B, N, D): patch tokens after the final norm, if any (no cls)
 
 
 class Encoder(nn.Module):
@@ -143,15 +147,15 @@ class Encoder(nn.Module):
         if cfg.pos_grid is not None and getattr(adapter.config, "coords", "index") != "index":
             raise ValueError("a position table (EncoderConfig.pos_grid) needs grid-index coordinates")
         kind = adapter.pos_embed if cfg.pos_grid is None else "table"
-        antialias = cfg.pos_resize == "bicubic-antialias"
-        self.pos_embed = PosEmbed(kind, adapter.coord_dim, cfg.dim, cfg.pos_grid, antialias)
+        self.pos_embed = PosEmbed(kind, adapter.coord_dim, cfg.dim, cfg.pos_grid, cfg.pos_resize)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.cls_token else None
         dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth rule
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.layer_scale, cfg.norm_eps) for i in range(cfg.depth)
         )
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        for part in (self.pos_embed, self.blocks, self.norm):  # the adapter initialises itself
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(self.feature_dim, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
+        for part in (self.pos_embed, self.blocks, self.norm, self.fc_norm):  # the adapter initialises itself
             part.apply(init_weights)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
@@ -167,7 +171,8 @@ class Encoder(nn.Module):
 
     def forward_tokens(self, tokens, coords, ids_keep=None, hidden=None) -> torch.Tensor:
         """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
-        -> (B, n_prefix + Nv, D) normed, cls first when present. ``hidden``: see ``run_blocks``."""
+        -> (B, n_prefix + Nv, D) normed (unless final_norm is off), cls first when present.
+        ``hidden``: see ``run_blocks``."""
         x = tokens if ids_keep is None else gather_tokens(tokens, ids_keep)
         x = x + self.pos_embed(coords, ids_keep).to(x.dtype)
         if self.cls_token is not None:
@@ -190,8 +195,9 @@ class Encoder(nn.Module):
         patch = out[:, self.n_prefix :]  # (B, N, D)
         pooled = {
             "mean": lambda: self.adapter.pool(patch, x),  # (B, adapter.pooled_dim(D))
+            "avg": lambda: patch.mean(1),
             "max": lambda: patch.amax(1),
             "cls": lambda: out[:, 0],
             "cls+max": lambda: torch.cat([out[:, 0], patch.amax(1)], dim=-1),
         }
-        return EncoderOutput(pooled[self.cfg.pool](), patch)
+        return EncoderOutput(self.fc_norm(pooled[self.cfg.pool]()), patch)

@@ -3,23 +3,39 @@
     python -m modalities.convert mae_pretrain_vit_base.pth out/ --source mae
     python -m modalities.convert vit_base_patch16_224.mae.safetensors out/ --source timm
     python -m modalities.convert ./vit-mae-base/ out/ --source hf-vitmae   # config.json + weights
+    python -m modalities.convert checkpoint.pth out/ --source videomae      # or audiomae
+    python -m modalities.convert mae_pretrain_vit_base.pth out/ --modality ultrasound --grey
 
 One converter per source, chosen with ``--source`` (without it the source is guessed from the
 file and the guess is printed). Each maps the source's names onto this encoder's, consumes every
 tensor or lists it as not imported (heads, decoders), and refuses what it cannot place.
 
 - ``timm``: a ``VisionTransformer`` state dict (``.safetensors``, ``.bin`` or ``.pth``); its names
-  are MAE's. ``mae``: the official MAE files, ``{"model": state dict}`` with the same names.
-- ``hf-vitmae``: a Hugging Face ViTMAE directory; ``query``/``key``/``value`` are fused back into
-  ``qkv`` (rows 0:D, D:2D, 2D:3D) and the LayerNorm epsilon comes from its config (1e-12).
+  are MAE's. ``mae``: the official MAE files, ``{"model": state dict}`` with the same names, of
+  pretraining (a final norm) or fine-tuning (``fc_norm`` on the mean of the tokens, no final norm).
+- ``hf-vitmae`` / ``hf-videomae``: a Hugging Face ViTMAE / VideoMAE directory; ``query``/``key``/
+  ``value`` are fused back into ``qkv`` (rows 0:D, D:2D, 2D:3D) and the LayerNorm epsilon comes
+  from its config (1e-12). Video inputs here are (B, C, T, H, W); Hugging Face's are (B, T, C, H, W).
+- ``videomae``: the official VideoMAE files (``model`` or ``module``), tubelet Conv3d, no class
+  token; its query and value biases without a key bias fuse into ``cat(q_bias, 0, v_bias)``, the
+  same function (a key bias adds one constant to all of a query's logits, which softmax ignores).
+- ``audiomae``: AudioMAE's files (timm names, one channel, a 64 x 8 grid over 1024 frames x 128
+  mel bins; its filterbank normalisation, ``(x + 4.27) / (2 * 4.57)``, goes into the adapter).
 
 Positions: these models add a learned or fixed table to the patch tokens (MAE's fixed sin-cos
-table puts the column index first, where this core's sin-cos puts the row first). The table is
-kept as it is (``EncoderConfig.pos_grid``): equal at the source's grid, resized bicubically at
-others, as timm and MAE's fine-tuning do. The class token's position is added to the class token,
-which here gets none. Inputs are raw [0, 1] images: the adapter normalises them with the source's
-mean and std (ImageNet's unless its config says otherwise). Foreign ``.pth`` files are read with
-``torch.load(weights_only=True)`` and nothing else.
+table puts the column index first, where this core's sin-cos puts the row first; VideoMAE's is a
+1-D sinusoid over the flattened index; AudioMAE's table is built for an (8, 64) grid and used on
+its (64, 8) tokens). The table is kept as it is (``EncoderConfig.pos_grid``): equal at the source's
+grid, and at others resized bicubically as MAE, Hugging Face and timm do, or for VideoMAE computed
+again for the new grid as VideoMAE does. The class token's position is added to the class token,
+which here gets none. Inputs are raw: [0, 1] images and videos, log-mel filterbanks; the adapter
+normalises them with the source's mean and std (ImageNet's unless its config says otherwise).
+
+``--grey`` folds a 3-channel stem into one channel for grey inputs (ultrasound): with ``W_c``
+and ``(m_c, s_c)`` the stem and normalisation of channel c, the grey stem is ``sum_c W_c / s_c``
+and its bias ``b - sum_c (m_c / s_c) sum(W_c)``, exactly the source on the grey image repeated in
+its three channels; the adapter then takes raw [0, 1] grey values. Foreign ``.pth`` files are read
+with ``torch.load(weights_only=True)`` and nothing else.
 """
 
 from __future__ import annotations
@@ -35,22 +51,31 @@ import torch
 from safetensors.torch import load_file
 
 from foundations.checkpoint import CheckpointError, load_state, save_pretrained
+from foundations.pos_embed import sinusoid_table
 from foundations.vit import Encoder, EncoderConfig
 from modalities import build_adapter
 
-SOURCES = ("timm", "mae", "hf-vitmae")
+SOURCES = ("timm", "mae", "hf-vitmae", "videomae", "hf-videomae", "audiomae")
+HF_TYPES = {"vit_mae": "hf-vitmae", "videomae": "hf-videomae"}
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+AUDIOSET = {"mean": [-4.2677393], "std": [2 * 4.5689974]}  # AudioMAE divides by twice the std
 HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H (head width 64; H: 80)
-LICENCES = {"mae": "CC-BY-NC 4.0 (facebookresearch/mae)"}
-NOT_IMPORTED = re.compile(r"^(head\.|fc_norm\.|decoder|mask_token)")  # heads and MAE's decoder
+LICENCES = {
+    "mae": "CC-BY-NC 4.0 (facebookresearch/mae)",
+    "videomae": "CC-BY-NC 4.0 (MCG-NJU/VideoMAE)",
+    "audiomae": "CC-BY 4.0 (facebookresearch/AudioMAE)",
+}
+NOT_IMPORTED = re.compile(r"^(head\.|classifier\.|decoder|mask_token|encoder_to_decoder)")  # heads, decoders
 
 
 def load_raw(path: Path):
-    """What a weights file holds: .safetensors, or .pth/.bin through ``torch.load(weights_only=True)``."""
+    """What a weights file holds: .safetensors, or .pth/.bin through ``torch.load(weights_only=True)``
+    (which also admits the ``argparse.Namespace`` of training arguments in MAE's own checkpoints)."""
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - safetensors, zip and unpickler errors alike
         raise CheckpointError(f"{path}: cannot read weights ({str(e).splitlines()[0]})") from None
 
@@ -75,9 +100,22 @@ def state_dict(raw, path: Path) -> dict[str, torch.Tensor]:
     return raw
 
 
-def convert(path, source: str | None = None, modality: str = "image2d", heads: int | None = None) -> Encoder:
+def guess_source(raw, state: dict) -> str:
+    """A file's source from its keys: VideoMAE's split biases or tubelets, AudioMAE's one channel,
+    MAE's ``{"model": ...}`` wrapper, else timm."""
+    proj = state.get("patch_embed.proj.weight", state.get("encoder.patch_embed.proj.weight"))
+    if any(k.endswith("attn.q_bias") for k in state) or (proj is not None and proj.ndim == 5):
+        return "videomae"
+    if proj is not None and proj.shape[1] == 1:
+        return "audiomae"
+    return "mae" if isinstance(raw, dict) and "model" in raw else "timm"
+
+
+def convert(path, source: str | None = None, modality: str | None = None, heads: int | None = None, grey=False):
     """The encoder in ``path`` (file or Hugging Face directory) as this suite's ``Encoder``, with
-    ``encoder.info`` recording where it came from (``source.guessed`` when ``source`` was None)."""
+    ``encoder.info`` recording where it came from (``source.guessed`` when ``source`` was None).
+    ``modality``: the adapter to put in front, by default the source's own (image2d, video or
+    audio); ``grey``: fold a 3-channel stem into one (see the module's notes)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
@@ -86,36 +124,72 @@ def convert(path, source: str | None = None, modality: str = "image2d", heads: i
     guessed = source is None
     if path.is_dir():
         model_type = hugging_face_type(path)
-        if source not in (None, "hf-vitmae") or model_type != "vit_mae":
-            raise CheckpointError(f"{path}: a directory, but not a Hugging Face ViTMAE (model_type {model_type!r})")
-        source = "hf-vitmae"
-        state, hf = hf_vitmae_state(path)
+        if model_type not in HF_TYPES or source not in (None, HF_TYPES[model_type]):
+            want = f"a Hugging Face {source}" if source else "a Hugging Face ViTMAE or VideoMAE"
+            raise CheckpointError(f"{path}: a directory, but not {want} (model_type {model_type!r})")
+        source = HF_TYPES[model_type]
+        state, hf = hf_state(path)
         heads, eps, mean_std = hf["num_attention_heads"], hf.get("layer_norm_eps", 1e-12), hf_mean_std(path)
-        image = hf.get("image_size", 224)
+        patch, image = hf.get("patch_size", 16), hf.get("image_size", 224)
+        grid = (image // patch, image // patch)
+        if source == "hf-videomae":
+            grid = (hf.get("num_frames", 16) // hf.get("tubelet_size", 2), *grid)
     else:
-        if source == "hf-vitmae":
-            raise CheckpointError(f"{path}: --source hf-vitmae takes a directory (config.json + weights)")
+        if source in HF_TYPES.values():
+            raise CheckpointError(f"{path}: --source {source} takes a directory (config.json + weights)")
         raw = load_raw(path)
-        source = source or ("mae" if isinstance(raw, dict) and "model" in raw else "timm")
-        state, eps, mean_std, image = state_dict(raw, path), 1e-6, IMAGENET, None
-    encoder, skipped = vit_from_timm_names(state, path, modality, heads, eps, mean_std, image, source != "timm")
-    licence = LICENCES.get(source, "see the source")
+        state = state_dict(raw, path)
+        source = source or guess_source(raw, state)
+        state, eps, mean_std, grid = (
+            (videomae_names(state) if source == "videomae" else dict(state)),
+            1e-6,
+            IMAGENET,
+            None,
+        )
+    skipped = []
+    if source == "hf-videomae":  # its fc_norm (epsilon 1e-5 where the blocks have 1e-12) is the classifier's
+        skipped = sorted(k for k in state if k.startswith("fc_norm."))
+        state = {k: v for k, v in state.items() if k not in skipped}
+    proj = state.get("patch_embed.proj.weight")
+    if source in ("videomae", "hf-videomae") and proj is not None:  # no table saved: its fixed sinusoid
+        grid = grid or (16 // proj.shape[2], 224 // proj.shape[3], 224 // proj.shape[4])  # 16 frames of 224^2
+        state["pos_embed"] = sinusoid_table(math.prod(grid), proj.shape[0])[None]
+    if source == "audiomae":
+        mean_std = AUDIOSET
+        if "pos_embed" in state and proj is not None:  # 128 mel bins across, frames down: 1024 x 128 -> (64, 8)
+            bands = 128 // proj.shape[-1]
+            grid = ((state["pos_embed"].shape[1] - ("cls_token" in state)) // bands, bands)
+    resize = {"timm": "bicubic-antialias", "audiomae": "bicubic-antialias"}.get(source, "bicubic")
+    resize = "sinusoid" if source in ("videomae", "hf-videomae") else resize
+    adapter = {
+        "name": modality or {"videomae": "video", "hf-videomae": "video", "audiomae": "audio"}.get(source, "image2d")
+    }
+    adapter.update(mean_std)
+    if source == "audiomae":
+        adapter["keep_last_axis"] = True  # this suite's audio features keep their frequency bands
+    encoder, left_out = vit_from_timm_names(state, path, adapter, heads, eps, grid, resize, grey)
     encoder.info = {
-        "source": {"kind": source, "guessed": guessed, "file": str(path), "licence": licence},
-        "not_imported": skipped,
+        "source": {
+            "kind": source,
+            "guessed": guessed,
+            "file": str(path),
+            "licence": LICENCES.get(source, "see the source"),
+        },
+        "not_imported": sorted(skipped + left_out),
     }
     return encoder
 
 
-def vit_from_timm_names(state, path, modality, heads, eps, mean_std, image, mae_resize) -> tuple[Encoder, list[str]]:
-    """timm / MAE names -> Encoder (image adapter of ``modality``) and the keys left out; the
-    position table resized for other grids as MAE and Hugging Face do (``mae_resize``) or as timm."""
+def vit_from_timm_names(state, path, adapter, heads, eps, grid, resize, grey=False) -> tuple[Encoder, list[str]]:
+    """timm / MAE names -> Encoder behind ``adapter`` (its name, mean, std; patch, size and channels
+    come from the weights) and the keys left out. The position table covers ``grid``, by default
+    the square its rows make."""
     state = dict(state)
-    need = ["patch_embed.proj.weight", "pos_embed", "norm.weight", "blocks.0.attn.qkv.weight"]
+    need = ["patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight"]
     missing = [k for k in need if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a ViT in timm/MAE names: missing {missing}")
-    proj = state.pop("patch_embed.proj.weight")  # (D, C, p, p)
+    proj = state.pop("patch_embed.proj.weight")  # (D, C, *patch)
     dim, channels, patch = proj.shape[0], proj.shape[1], list(proj.shape[2:])
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     heads = heads or HEADS.get(dim)
@@ -125,19 +199,23 @@ def vit_from_timm_names(state, path, modality, heads, eps, mean_std, image, mae_
     cls = state.pop("cls_token", None)
     rows = pos.shape[0]
     with_cls_row = cls is not None and math.isqrt(rows) ** 2 != rows  # 1 + k * k is never a square
-    side = image // patch[0] if image else math.isqrt(rows - with_cls_row)
-    n = side * side
+    grid = tuple(grid or [math.isqrt(rows - with_cls_row)] * 2)
+    n = math.prod(grid)
     if rows - n not in ((0, 1) if cls is not None else (0,)):
-        raise CheckpointError(f"{path}: {rows} position rows do not fit a square grid of patches")
-    ours = {
-        "adapter.proj.weight": proj,
-        "adapter.proj.bias": state.pop("patch_embed.proj.bias", torch.zeros(dim)),
-        "pos_embed.table.table": pos[-n:],
-    }
+        raise CheckpointError(f"{path}: {rows} position rows do not fit a grid of {grid} patches")
+    bias = state.pop("patch_embed.proj.bias", torch.zeros(dim))
+    if grey:
+        if channels != 3:
+            raise CheckpointError(f"{path}: --grey folds a 3-channel stem; this one has {channels}")
+        proj, bias, channels = grey_stem(proj, bias, adapter["mean"], adapter["std"])
+        adapter = {**adapter, "mean": [0.0], "std": [1.0]}
+    ours = {"adapter.proj.weight": proj, "adapter.proj.bias": bias, "pos_embed.table.table": pos[-n:]}
     if cls is not None:  # its position added to it once: this encoder gives the class token none
         ours["cls_token"] = cls + pos[:1] if rows > n else cls
-    for key in [k for k in state if k.startswith(("blocks.", "norm."))]:
+    for key in [k for k in state if k.startswith(("blocks.", "norm.", "fc_norm."))]:
         ours[key] = state.pop(key)
+    for key in [k for k in ours if k.endswith("attn.qkv.weight")]:  # no qkv bias: zeros, the same function
+        ours.setdefault(key.replace("weight", "bias"), torch.zeros(ours[key].shape[0]))
     skipped = sorted(k for k in state if NOT_IMPORTED.match(k))
     left = sorted(set(state) - set(skipped))
     if left:
@@ -148,15 +226,50 @@ def vit_from_timm_names(state, path, modality, heads, eps, mean_std, image, mae_
         heads=heads,
         mlp_ratio=ours["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         cls_token=cls is not None,
+        pool="avg" if "fc_norm.weight" in ours else "mean",  # fine-tuned: features as the source pooled them
         layer_scale=1.0 if "blocks.0.ls1.gamma" in ours else None,
         norm_eps=eps,
-        pos_grid=(side, side),
-        pos_resize="bicubic" if mae_resize else "bicubic-antialias",
+        pos_grid=grid,
+        pos_resize=resize,
+        final_norm="norm.weight" in ours,
+        fc_norm="fc_norm.weight" in ours,
     )
-    config = {"name": modality, "channels": channels, "patch": patch, "size": [side * patch[0]] * 2, **mean_std}
-    encoder = Encoder(build_adapter(config, dim), cfg)
+    if len(grid) != len(patch):
+        raise CheckpointError(f"{path}: a {len(patch)}-D stem with a {len(grid)}-D position grid")
+    config = {
+        **adapter,
+        "channels": channels,
+        "patch": patch,
+        "size": [g * p for g, p in zip(grid, patch, strict=True)],
+    }
+    try:
+        encoder = Encoder(build_adapter(config, dim), cfg)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot put a {adapter['name']} adapter in front: {e}") from None
     load_state(encoder, ours, path)
     return encoder.eval(), skipped
+
+
+def grey_stem(weight, bias, mean, std) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A 3-channel stem (D, 3, *patch) that takes (x_c - m_c) / s_c -> one channel that takes the raw
+    grey value g and gives the same output when x_c = g for every c."""
+    scale = torch.tensor(mean) / torch.tensor(std)  # m_c / s_c
+    per_channel = weight / torch.tensor(std).view(1, -1, *[1] * (weight.ndim - 2))  # W_c / s_c
+    folded_bias = bias - (weight.sum(dim=tuple(range(2, weight.ndim))) * scale).sum(1)
+    return per_channel.sum(1, keepdim=True), folded_bias, 1
+
+
+def videomae_names(state: dict) -> dict:
+    """Official VideoMAE names -> timm's: the pretraining encoder's ``encoder.`` prefix dropped,
+    ``q_bias``/``v_bias`` fused with a zero key bias, LayerScale ``gamma_1/2`` -> ``ls1/2.gamma``."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("backbone.").removeprefix("encoder.")
+        out[re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)] = value
+    for key in [k for k in out if k.endswith("attn.q_bias")]:
+        q, v = out.pop(key), out.pop(key.replace("q_bias", "v_bias"))
+        out[key.replace("q_bias", "qkv.bias")] = torch.cat([q, torch.zeros_like(q), v])
+    return out
 
 
 HF_LAYER = {  # Hugging Face ViT layer names (files, and transformers 5's in-memory names) -> timm's
@@ -167,11 +280,12 @@ HF_LAYER = {  # Hugging Face ViT layer names (files, and transformers 5's in-mem
     "intermediate.dense": "mlp.fc1",
     "output.dense": "mlp.fc2",
 }
-HF_QKV = re.compile(r"attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
+HF_QKV = re.compile(r"attention\.(?:attention\.(query|key|value|q_bias|v_bias)|(q|k|v)_proj)(?:\.(weight|bias))?$")
 
 
-def hf_vitmae_state(path: Path) -> tuple[dict, dict]:
-    """A ViTMAE directory's encoder in timm names, and its config."""
+def hf_state(path: Path) -> tuple[dict, dict]:
+    """A ViTMAE or VideoMAE directory's encoder in timm names (heads and decoders under their own
+    names), and its config."""
     hf = json.loads((path / "config.json").read_text())
     files = [path / "model.safetensors", path / "pytorch_model.bin"]
     weights = next((f for f in files if f.is_file()), None)
@@ -181,10 +295,7 @@ def hf_vitmae_state(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: hidden_act {hf['hidden_act']!r}; this ViT has the exact GELU")
     out, qkv = {}, {}
     for key, value in state_dict(load_raw(weights), weights).items():
-        key = key.removeprefix("vit.")
-        if key.startswith("decoder."):
-            out[key] = value
-            continue
+        key = key.removeprefix("vit.").removeprefix("videomae.")
         key = key.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")
         key = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed"}.get(key, key)
         key = re.sub(r"^layernorm\.", "norm.", key)
@@ -192,17 +303,16 @@ def hf_vitmae_state(path: Path) -> tuple[dict, dict]:
         if layer:
             i, rest = layer.groups()
             match = HF_QKV.match(rest)
-            if match:
-                part = "qkv".index((match.group(1) or match.group(2))[0])
-                qkv.setdefault((i, match.group(3)), {})[part] = value
+            if match:  # VideoMAE's files: q_bias and v_bias, no key bias
+                name, kind = match.group(1) or match.group(2), match.group(3) or "bias"
+                qkv.setdefault((i, kind), {})["qkv".index(name[0])] = value
                 continue
             rest = next((rest.replace(a, b, 1) for a, b in HF_LAYER.items() if rest.startswith(a)), rest)
             key = f"blocks.{i}.{rest}"
         out[key] = value
-    for (i, kind), parts in qkv.items():  # rows 0:D, D:2D, 2D:3D
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
-    for key in [k for k in out if k.endswith("attn.qkv.weight")]:  # qkv_bias=False: zero biases, the same function
-        out.setdefault(key.replace("weight", "bias"), torch.zeros(out[key].shape[0]))
+    for (i, kind), parts in qkv.items():  # rows 0:D, D:2D, 2D:3D; a missing bias is zero
+        dim = next(iter(parts.values())).shape[0]
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts.get(j, torch.zeros(dim)) for j in range(3)])
     return out, hf
 
 
@@ -216,14 +326,15 @@ def hf_mean_std(path: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m modalities.convert", description=__doc__.splitlines()[0])
-    p.add_argument("src", type=Path, help="a .pth / .bin / .safetensors file, or a Hugging Face ViTMAE directory")
+    p.add_argument("src", type=Path, help="a .pth / .bin / .safetensors file, or a Hugging Face model directory")
     p.add_argument("out", type=Path, help="output directory (config.json + model.safetensors)")
     p.add_argument("--source", choices=SOURCES, help="where the weights come from; default: guessed and printed")
-    p.add_argument("--modality", default="image2d", help="adapter to put in front (default image2d)")
+    p.add_argument("--modality", help="adapter to put in front; default: the source's (image2d, video, audio)")
     p.add_argument("--heads", type=int, help="attention heads, for widths other than ViT-Ti/S/B/L/H")
+    p.add_argument("--grey", action="store_true", help="fold a 3-channel stem into one for grey inputs (ultrasound)")
     args = p.parse_args(argv)
     try:
-        encoder = convert(args.src, args.source, args.modality, args.heads)
+        encoder = convert(args.src, args.source, args.modality, args.heads, args.grey)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -125,10 +125,10 @@ def test_what_cannot_be_imported_is_named(tmp_path, capsys):
     save_file({**state, "reg_token": torch.zeros(1, 4, 64)}, tmp_path / "reg.safetensors")
     with pytest.raises(CheckpointError, match=r"reg.safetensors: 1 tensors this ViT has no place for.*reg_token"):
         convert(tmp_path / "reg.safetensors", heads=2)
-    del state["norm.weight"]
+    del state["blocks.0.attn.qkv.weight"]
     save_file(state, tmp_path / "cut.safetensors")
     with pytest.raises(
-        CheckpointError, match=r"cut.safetensors: not a ViT in timm/MAE names: missing \['norm.weight'\]"
+        CheckpointError, match=r"cut.safetensors: not a ViT in timm/MAE names: missing \['blocks.0.attn"
     ):
         convert(tmp_path / "cut.safetensors", heads=2)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
