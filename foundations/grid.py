@@ -78,9 +78,12 @@ class GridConfig:
 
 class GridAdapter(Adapter):
     pos_embed = "sincos"
+    dims: int | None = None  # spatial axes a modality's inputs have (None: any)
 
     def __init__(self, config: GridConfig, dim: int):
         super().__init__(config, dim)
+        if self.dims not in (None, config.dims):
+            raise ValueError(f"a {self.name} adapter takes {self.dims}-D patches, got {config.patch}")
         self.coord_dim = config.dims
         self.target_dim = math.prod(config.patch) * config.channels
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[config.dims - 1]

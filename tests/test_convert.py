@@ -29,7 +29,7 @@ def timm_vit(**kw):
     from timm.models.vision_transformer import VisionTransformer
 
     kw = {"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2, "num_classes": 0, **kw}
-    return randomised(VisionTransformer(global_pool="avg", fc_norm=False, **kw))
+    return randomised(VisionTransformer(**{"global_pool": "avg", "fc_norm": False, **kw}))
 
 
 def assert_same(ours: torch.Tensor, theirs: torch.Tensor):
@@ -135,3 +135,133 @@ def test_what_cannot_be_imported_is_named(tmp_path, capsys):
     assert main([str(tmp_path / "junk.pth"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'junk.pth'}: cannot read weights")
     assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuned_mae_file_pools_through_its_fc_norm_and_has_no_final_norm(tmp_path):
+    vit = timm_vit(fc_norm=True, num_classes=5)  # MAE's fine-tuning: fc_norm on the tokens' mean, no final norm
+    torch.save({"model": {k: v.contiguous() for k, v in vit.state_dict().items()}}, tmp_path / "ft.pth")
+    encoder = convert(tmp_path / "ft.pth", heads=2)
+    assert (encoder.cfg.final_norm, encoder.cfg.fc_norm, encoder.cfg.pool) == (False, True, "avg")
+    assert encoder.info["not_imported"] == ["head.bias", "head.weight"]
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        theirs = vit.forward_features((x - MEAN) / STD)
+        out = encoder(x)
+    assert_same(out.tokens, theirs[:, 1:])
+    assert_same(out.features, vit.forward_head(theirs, pre_logits=True))
+
+
+def test_grey_fold_equals_the_source_on_the_grey_image_in_three_channels(tmp_path):
+    vit = timm_vit()
+    torch.save({"model": {k: v.contiguous() for k, v in vit.state_dict().items()}}, tmp_path / "mae.pth")
+    encoder = convert(tmp_path / "mae.pth", modality="ultrasound", heads=2, grey=True)
+    assert encoder.adapter.name == "ultrasound" and encoder.adapter.config.channels == 1
+    grey = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert_same(encoder(grey).tokens, vit.forward_features((grey.expand(-1, 3, -1, -1) - MEAN) / STD)[:, 1:])
+    with pytest.raises(CheckpointError, match="a video adapter takes 3-D patches"):
+        convert(tmp_path / "mae.pth", modality="video", heads=2)
+
+
+def hf_videomae(frames=16, size=32, **kw):
+    import transformers
+
+    cfg = transformers.VideoMAEConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=size,
+        patch_size=16, num_frames=frames, tubelet_size=2, **kw,
+    )  # fmt: skip
+    return randomised(transformers.VideoMAEModel(cfg))
+
+
+def official_videomae(hf_state: dict, fine_tuned: bool) -> dict:
+    """A Hugging Face VideoMAE's weights in the official names: the pretraining encoder under
+    ``encoder.``, fused qkv without bias beside q_bias and v_bias; fine-tuned files have no prefix."""
+    pre = "" if fine_tuned else "encoder."
+    out = {}
+    for key, value in hf_state.items():
+        key = key.replace("embeddings.patch_embeddings.projection", "patch_embed.proj").replace("layernorm.", "norm.")
+        for a, b in [
+            ("layernorm_before", "norm1"),
+            ("layernorm_after", "norm2"),
+            ("attention.output.dense", "attn.proj"),
+        ]:
+            key = key.replace(a, b)
+        key = (
+            key.replace("intermediate.dense", "mlp.fc1")
+            .replace("output.dense", "mlp.fc2")
+            .replace("encoder.layer.", "blocks.")
+        )
+        out[pre + key] = value
+    for i in range(2):
+        a = f"{pre}blocks.{i}.attention.attention."
+        out[f"{pre}blocks.{i}.attn.qkv.weight"] = torch.cat(
+            [out.pop(a + f"{n}.weight") for n in ("query", "key", "value")]
+        )
+        out[f"{pre}blocks.{i}.attn.q_bias"], out[f"{pre}blocks.{i}.attn.v_bias"] = (
+            out.pop(a + "query.bias"),
+            out.pop(a + "value.bias"),
+        )
+    return out
+
+
+@pytest.mark.parametrize("fine_tuned", [False, True])
+def test_official_videomae_file_imports_equal_at_its_clip_length_and_another(tmp_path, fine_tuned):
+    # pretraining: a final norm (use_mean_pooling off); fine-tuned: none, fc_norm on the tokens' mean
+    hf = hf_videomae(layer_norm_eps=1e-6, use_mean_pooling=fine_tuned)
+    state = official_videomae(hf.state_dict(), fine_tuned)
+    fc_norm = torch.nn.LayerNorm(64, eps=1e-6)
+    randomised(fc_norm)
+    if fine_tuned:
+        state |= {"fc_norm.weight": fc_norm.weight, "fc_norm.bias": fc_norm.bias, "head.weight": torch.randn(5, 64)}
+    else:
+        state |= {"encoder_to_decoder.weight": torch.randn(32, 64), "mask_token": torch.zeros(1, 1, 32)}
+    torch.save({"module" if fine_tuned else "model": state}, tmp_path / "videomae.pth")
+    encoder = convert(tmp_path / "videomae.pth", heads=2)
+    assert encoder.info["source"]["kind"] == "videomae" and encoder.adapter.name == "video"
+    assert encoder.cfg.final_norm is not fine_tuned and not encoder.cfg.cls_token
+    # no size in the file: the table is VideoMAE's for 16 frames of 224 x 224 (1568 tokens), and for
+    # other clips computed again, as VideoMAE computes it; 32 frames of 224 x 224 need more rows
+    for frames, size in ((16, 32), (32, 224)):
+        reference = hf_videomae(frames, size, layer_norm_eps=1e-6, use_mean_pooling=fine_tuned)
+        reference.load_state_dict(hf.state_dict())
+        x = torch.rand(2, 3, frames, size, size)
+        with torch.no_grad():
+            theirs = reference(((x - MEAN[..., None]) / STD[..., None]).transpose(1, 2)).last_hidden_state
+            out = encoder(x)
+        assert_same(out.tokens, theirs)
+        if fine_tuned:
+            assert_same(out.features, fc_norm(theirs.mean(1)).detach())
+
+
+@pytest.mark.parametrize("mean_pooling", [False, True])
+def test_hugging_face_videomae_directory_imports_equal(tmp_path, mean_pooling):
+    hf = hf_videomae(use_mean_pooling=mean_pooling)  # use_mean_pooling: no final norm on the tokens
+    hf.save_pretrained(tmp_path / "hf")  # its files keep q_bias and v_bias, no key bias
+    encoder = convert(tmp_path / "hf")
+    assert encoder.info["source"]["kind"] == "hf-videomae" and encoder.cfg.norm_eps == 1e-12
+    assert encoder.cfg.final_norm is not mean_pooling
+    x = torch.rand(2, 3, 16, 32, 32)
+    with torch.no_grad():  # Hugging Face's videos are (B, T, C, H, W)
+        theirs = hf(((x - MEAN[..., None]) / STD[..., None]).transpose(1, 2)).last_hidden_state
+        assert_same(encoder(x).tokens, theirs)
+
+
+@pytest.mark.parametrize("fine_tuned", [False, True])
+def test_audiomae_file_imports_equal_at_1024_frames_and_another_length(tmp_path, fine_tuned):
+    # AudioMAE's encoder is timm's ViT on (1024 frames x 128 mel bins) with one channel
+    kw = {"img_size": (1024, 128), "in_chans": 1, "fc_norm": fine_tuned}
+    vit = timm_vit(**kw)
+    torch.save({"model": {k: v.contiguous() for k, v in vit.state_dict().items()}}, tmp_path / "audiomae.pth")
+    encoder = convert(tmp_path / "audiomae.pth", heads=2)
+    assert encoder.info["source"]["kind"] == "audiomae" and encoder.cfg.pos_grid == (64, 8)
+    assert encoder.adapter.name == "audio" and encoder.cfg.fc_norm is fine_tuned
+    reference = timm_vit(dynamic_img_size=True, **kw)  # timm resizes the table for other lengths
+    reference.load_state_dict(vit.state_dict())
+    for frames in (1024, 512):
+        fbank = torch.randn(2, 1, frames, 128) * 4 - 4  # log-mel values
+        with torch.no_grad():
+            theirs = reference.forward_features((fbank + 4.2677393) / (2 * 4.5689974))
+            out = encoder(fbank)
+        assert_same(out.tokens, theirs[:, 1:])
+        if fine_tuned:
+            assert_same(out.features, reference.forward_head(theirs, pre_logits=True))

@@ -15,6 +15,7 @@ from foundations.masking import MaskConfig
 
 class AudioAdapter(GridAdapter):
     name = "audio"
+    dims = 2
     # AudioMAE: unstructured random masking of 80 % of the patches. Per-patch normalised targets
     # (MAE's norm_pix_loss): on FSDD with a speaker held out, 3000 steps of a mini encoder gave
     # probe features of 0.47-0.55 balanced accuracy (blocks 1 to 4) with them, 0.35-0.42 without

@@ -9,6 +9,7 @@ from foundations.grid import GridAdapter
 
 class ImageAdapter(GridAdapter):
     name = "image2d"
+    dims = 2
 
     @classmethod
     def upgrade(cls, fields: dict, version: int) -> dict:

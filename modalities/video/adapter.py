@@ -32,6 +32,7 @@ from foundations.masking import MaskConfig
 
 class VideoAdapter(GridAdapter):
     name = "video"
+    dims = 3
     # VideoMAE: tube masking at 0.9, targets normalised per tubelet and channel (its norm_pix loss)
     defaults = ModelDefaults(MaskConfig("tube", 0.9, tube_axis=0), norm_target=True)
 

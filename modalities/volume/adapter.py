@@ -27,6 +27,7 @@ def volume_config(channels: int, patch, roi) -> GridConfig:
 
 class VolumeAdapter(GridAdapter):
     name = "volume"
+    dims = 3
     # intensities are normalised by the pipeline; per-patch normalised targets are mostly noise
     defaults = ModelDefaults(MaskConfig("random", 0.75), norm_target=False)
 
