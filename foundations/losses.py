@@ -7,18 +7,18 @@ import torch
 
 def normalize_target(target: torch.Tensor, weights: torch.Tensor | None = None, eps: float = 1e-6, dim: int = -1):
     """Per-token normalisation of MAE's norm_pix_loss: (B, M, P) -> (normalised, mean, std), the
-    statistics taken over ``dim`` (kept as 1).
+    statistics taken over ``dim`` (kept as 1), the variance unbiased as in MAE's code.
 
     With ``weights``, mean and variance are taken over the weighted elements only, so pixels
     outside an ultrasound sector do not shift the statistics of a patch on its border.
     """
     if weights is None:
         mean = target.mean(dim=dim, keepdim=True)
-        var = target.var(dim=dim, keepdim=True, unbiased=False)
+        var = target.var(dim=dim, keepdim=True)
     else:
         w_sum = weights.sum(dim=dim, keepdim=True).clamp_min(1e-6)
         mean = (weights * target).sum(dim=dim, keepdim=True) / w_sum
-        var = (weights * (target - mean) ** 2).sum(dim=dim, keepdim=True) / w_sum
+        var = (weights * (target - mean) ** 2).sum(dim=dim, keepdim=True) / (w_sum - 1).clamp_min(1e-6)
     std = (var + eps).sqrt()
     return (target - mean) / std, mean, std
 

@@ -33,8 +33,13 @@ class DecoderConfig:
     depth: int = 4
     heads: int = 8
     mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6  # LayerNorm epsilon (Hugging Face's ViTMAE: 1e-12)
+    pos_grid: tuple[int, ...] | None = None  # a position table over this grid (imported decoders)
+    pos_resize: str = "bicubic"  # how that table meets other grids (foundations.pos_embed.RESIZE)
 
     def __post_init__(self):
+        if self.pos_grid is not None:  # JSON gives a list
+            object.__setattr__(self, "pos_grid", tuple(self.pos_grid))
         if self.dim % self.heads:
             raise ValueError(f"DecoderConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.depth < 1:
@@ -74,9 +79,11 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed = nn.Linear(enc_dim, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = PosEmbed(pos_kind, coord_dim, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        pos_kind = pos_kind if cfg.pos_grid is None else "table"
+        self.pos_embed = PosEmbed(pos_kind, coord_dim, cfg.dim, cfg.pos_grid, cfg.pos_resize)
+        eps = cfg.norm_eps
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, eps=eps) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim, eps=eps)
         self.pred = nn.Linear(cfg.dim, target_dim)
         self.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -105,9 +112,9 @@ class MaskedAutoencoder(nn.Module):
     def adapter(self):
         return self.encoder.adapter
 
-    def forward_encoder(self, x, generator=None):
+    def forward_encoder(self, x, generator=None, plan: MaskPlan | None = None):
         tokens, coords = self.adapter.embed(x)  # (B, N, D), (B, N, k)
-        plan = make_mask(self.cfg.mask, coords, generator)
+        plan = plan or make_mask(self.cfg.mask, coords, generator)
         latent = self.encoder.forward_tokens(tokens, coords, plan.ids_keep)  # (B, p + Nv, D)
         return latent, coords, plan
 
@@ -121,10 +128,11 @@ class MaskedAutoencoder(nn.Module):
         w = None if weights is None else gather_tokens(weights, ids_pred)
         return self.adapter.loss(pred, t, w, self.cfg.norm_target)
 
-    def forward(self, x, valid=None, generator=None) -> MAEOutput:
-        """x: a batch of raw inputs; valid: optional element mask of x's shape."""
+    def forward(self, x, valid=None, generator=None, plan: MaskPlan | None = None) -> MAEOutput:
+        """x: a batch of raw inputs; valid: optional element mask of x's shape; plan: which tokens
+        to hide (default: drawn as the mask configuration says)."""
         x = self.adapter.tokenize(x)  # shared by embed and targets
-        latent, coords, plan = self.forward_encoder(x, generator)
+        latent, coords, plan = self.forward_encoder(x, generator, plan)
         pred, ids_pred = self.forward_decoder(latent, coords, plan)
         target, weights = self.adapter.targets(x, valid)
         loss = self.forward_loss(target, weights, pred, ids_pred)

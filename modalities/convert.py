@@ -46,11 +46,13 @@ import math
 import re
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
 
 from foundations.checkpoint import CheckpointError, load_state, save_pretrained
+from foundations.mae import DecoderConfig
 from foundations.pos_embed import sinusoid_table
 from foundations.vit import Encoder, EncoderConfig
 from modalities import build_adapter
@@ -111,17 +113,31 @@ def guess_source(raw, state: dict) -> str:
     return "mae" if isinstance(raw, dict) and "model" in raw else "timm"
 
 
+class Imported(NamedTuple):
+    encoder: Encoder  # with .info: source, licence, tensors not imported
+    decoder: tuple[DecoderConfig, dict] | None  # MAE's decoder in this suite's names, when it fits
+    decoder_note: str  # why there is none
+
+
 def convert(path, source: str | None = None, modality: str | None = None, heads: int | None = None, grey=False):
     """The encoder in ``path`` (file or Hugging Face directory) as this suite's ``Encoder``, with
     ``encoder.info`` recording where it came from (``source.guessed`` when ``source`` was None).
     ``modality``: the adapter to put in front, by default the source's own (image2d, video or
     audio); ``grey``: fold a 3-channel stem into one (see the module's notes)."""
+    return import_checkpoint(path, source, modality, heads, grey).encoder
+
+
+def import_checkpoint(path, source=None, modality=None, heads=None, grey=False) -> Imported:
+    """``convert``, and the checkpoint's MAE decoder (MAE's ``*_full`` files, Hugging Face's
+    ``*ForPreTraining``, VideoMAE's pretraining files) for continuing pretraining."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if source is not None and source not in SOURCES:
         raise CheckpointError(f"{path}: unknown source {source!r}; one of {SOURCES}")
     guessed = source is None
+    # what each source leaves implicit: LayerNorm epsilon, input normalisation, the decoder's heads
+    spec = {"eps": 1e-6, "mean_std": IMAGENET, "grid": None, "heads": heads, "decoder_heads": None}
     if path.is_dir():
         model_type = hugging_face_type(path)
         if model_type not in HF_TYPES or source not in (None, HF_TYPES[model_type]):
@@ -129,45 +145,48 @@ def convert(path, source: str | None = None, modality: str | None = None, heads:
             raise CheckpointError(f"{path}: a directory, but not {want} (model_type {model_type!r})")
         source = HF_TYPES[model_type]
         state, hf = hf_state(path)
-        heads, eps, mean_std = hf["num_attention_heads"], hf.get("layer_norm_eps", 1e-12), hf_mean_std(path)
-        patch, image = hf.get("patch_size", 16), hf.get("image_size", 224)
-        grid = (image // patch, image // patch)
-        if source == "hf-videomae":
-            grid = (hf.get("num_frames", 16) // hf.get("tubelet_size", 2), *grid)
+        side = hf.get("image_size", 224) // hf.get("patch_size", 16)
+        spec |= {
+            "eps": hf.get("layer_norm_eps", 1e-12),
+            "mean_std": hf_mean_std(path),
+            "grid": (side, side)
+            if source == "hf-vitmae"
+            else (hf.get("num_frames", 16) // hf.get("tubelet_size", 2), side, side),
+            "heads": hf["num_attention_heads"],
+            "decoder_heads": hf.get("decoder_num_attention_heads"),
+        }
     else:
         if source in HF_TYPES.values():
             raise CheckpointError(f"{path}: --source {source} takes a directory (config.json + weights)")
         raw = load_raw(path)
         state = state_dict(raw, path)
         source = source or guess_source(raw, state)
-        state, eps, mean_std, grid = (
-            (videomae_names(state) if source == "videomae" else dict(state)),
-            1e-6,
-            IMAGENET,
-            None,
+        state = videomae_names(state) if source == "videomae" else dict(state)
+        # MAE's decoders have heads of width 32 (512 / 16), VideoMAE's of 64 (384 / 6)
+        spec["decoder_heads"] = ("decoder_embed.weight" in state or None) and (
+            state["decoder_embed.weight"].shape[0] // (64 if source == "videomae" else 32)
         )
     skipped = []
     if source == "hf-videomae":  # its fc_norm (epsilon 1e-5 where the blocks have 1e-12) is the classifier's
         skipped = sorted(k for k in state if k.startswith("fc_norm."))
         state = {k: v for k, v in state.items() if k not in skipped}
     proj = state.get("patch_embed.proj.weight")
+    grid = spec["grid"]
     if source in ("videomae", "hf-videomae") and proj is not None:  # no table saved: its fixed sinusoid
         grid = grid or (16 // proj.shape[2], 224 // proj.shape[3], 224 // proj.shape[4])  # 16 frames of 224^2
         state["pos_embed"] = sinusoid_table(math.prod(grid), proj.shape[0])[None]
     if source == "audiomae":
-        mean_std = AUDIOSET
+        spec["mean_std"] = AUDIOSET
         if "pos_embed" in state and proj is not None:  # 128 mel bins across, frames down: 1024 x 128 -> (64, 8)
             bands = 128 // proj.shape[-1]
             grid = ((state["pos_embed"].shape[1] - ("cls_token" in state)) // bands, bands)
     resize = {"timm": "bicubic-antialias", "audiomae": "bicubic-antialias"}.get(source, "bicubic")
     resize = "sinusoid" if source in ("videomae", "hf-videomae") else resize
-    adapter = {
-        "name": modality or {"videomae": "video", "hf-videomae": "video", "audiomae": "audio"}.get(source, "image2d")
-    }
-    adapter.update(mean_std)
+    native = {"videomae": "video", "hf-videomae": "video", "audiomae": "audio"}.get(source, "image2d")
+    adapter = {"name": modality or native, **spec["mean_std"]}
     if source == "audiomae":
         adapter["keep_last_axis"] = True  # this suite's audio features keep their frequency bands
-    encoder, left_out = vit_from_timm_names(state, path, adapter, heads, eps, grid, resize, grey)
+    encoder, left_out = vit_from_timm_names(state, path, adapter, spec["heads"], spec["eps"], grid, resize, grey)
     encoder.info = {
         "source": {
             "kind": source,
@@ -177,7 +196,53 @@ def convert(path, source: str | None = None, modality: str | None = None, heads:
         },
         "not_imported": sorted(skipped + left_out),
     }
-    return encoder
+    decoder, note = decoder_from_names(state, encoder, spec["decoder_heads"], spec["eps"])
+    return Imported(encoder, decoder, note)
+
+
+def decoder_from_names(state: dict, encoder: Encoder, heads: int | None, eps: float):
+    """An MAE decoder in the names ``decoder_embed`` (VideoMAE's ``encoder_to_decoder``, no bias),
+    ``mask_token``, ``decoder_pos_embed`` (VideoMAE: its sinusoid, not saved), ``decoder_blocks.i``
+    in timm names, ``decoder_norm``, ``decoder_pred`` -> (DecoderConfig, state of ``Decoder``), or
+    None and the reason it does not fit this encoder."""
+    if "decoder_embed.weight" not in state:
+        return None, "the checkpoint holds no decoder: a fresh one is trained"
+    need = ["mask_token", "decoder_blocks.0.attn.qkv.weight", "decoder_norm.weight", "decoder_pred.weight"]
+    if any(k not in state for k in need):
+        return None, f"its decoder lacks {[k for k in need if k not in state]}: a fresh one is trained"
+    dim = state["decoder_embed.weight"].shape[0]
+    target_dim = encoder.adapter.target_dim
+    if state["decoder_pred.weight"].shape[0] != target_dim:
+        n = state["decoder_pred.weight"].shape[0]
+        return None, f"its decoder predicts {n} values a patch, this adapter's targets have {target_dim}: a fresh one"
+    table = encoder.pos_embed.table
+    pos = state.get("decoder_pos_embed")
+    if pos is None:  # VideoMAE: the encoder's sinusoid at the decoder's width
+        pos = sinusoid_table(math.prod(table.grid), dim)
+    elif pos[0, 0].abs().max() > 0 and pos.shape[1] > math.prod(table.grid):
+        return None, "its decoder gives the class token a position, which this decoder cannot: a fresh one"
+    ours = {
+        "embed.weight": state["decoder_embed.weight"],
+        "embed.bias": state.get("decoder_embed.bias", torch.zeros(dim)),
+        "mask_token": state["mask_token"],
+        "pos_embed.table.table": pos.reshape(-1, dim)[-math.prod(table.grid) :],
+    }
+    for key, value in state.items():
+        if key.startswith(("decoder_blocks.", "decoder_norm.", "decoder_pred.")):
+            ours[key.removeprefix("decoder_")] = value
+    for key in [k for k in ours if k.endswith("attn.qkv.weight")]:  # no qkv bias: zeros, the same function
+        ours.setdefault(key.replace("weight", "bias"), torch.zeros(ours[key].shape[0]))
+    depth = 1 + max(int(k.split(".")[1]) for k in ours if k.startswith("blocks."))
+    cfg = DecoderConfig(
+        dim=dim,
+        depth=depth,
+        heads=heads or max(1, dim // 32),
+        mlp_ratio=ours["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        norm_eps=eps,
+        pos_grid=table.grid,
+        pos_resize=table.resize,
+    )
+    return (cfg, ours), ""
 
 
 def vit_from_timm_names(state, path, adapter, heads, eps, grid, resize, grey=False) -> tuple[Encoder, list[str]]:
@@ -259,12 +324,29 @@ def grey_stem(weight, bias, mean, std) -> tuple[torch.Tensor, torch.Tensor, int]
     return per_channel.sum(1, keepdim=True), folded_bias, 1
 
 
+DECODER_NAMES = {  # VideoMAE's and Hugging Face's decoder names -> MAE's
+    "encoder_to_decoder.": "decoder_embed.",
+    "decoder.blocks.": "decoder_blocks.",
+    "decoder.norm.": "decoder_norm.",
+    "decoder.head.": "decoder_pred.",
+    "decoder.decoder_embed.": "decoder_embed.",
+    "decoder.mask_token": "mask_token",
+    "decoder.decoder_pos_embed": "decoder_pos_embed",
+    "decoder.decoder_norm.": "decoder_norm.",
+    "decoder.decoder_pred.": "decoder_pred.",
+}
+
+
+def decoder_name(key: str) -> str:
+    return next((b + key.removeprefix(a) for a, b in DECODER_NAMES.items() if key.startswith(a)), key)
+
+
 def videomae_names(state: dict) -> dict:
     """Official VideoMAE names -> timm's: the pretraining encoder's ``encoder.`` prefix dropped,
     ``q_bias``/``v_bias`` fused with a zero key bias, LayerScale ``gamma_1/2`` -> ``ls1/2.gamma``."""
     out = {}
     for key, value in state.items():
-        key = key.removeprefix("backbone.").removeprefix("encoder.")
+        key = decoder_name(key.removeprefix("backbone.").removeprefix("encoder."))
         out[re.sub(r"\.gamma_([12])$", r".ls\1.gamma", key)] = value
     for key in [k for k in out if k.endswith("attn.q_bias")]:
         q, v = out.pop(key), out.pop(key.replace("q_bias", "v_bias"))
@@ -298,21 +380,25 @@ def hf_state(path: Path) -> tuple[dict, dict]:
         key = key.removeprefix("vit.").removeprefix("videomae.")
         key = key.replace("embeddings.patch_embeddings.projection", "patch_embed.proj")
         key = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed"}.get(key, key)
-        key = re.sub(r"^layernorm\.", "norm.", key)
-        layer = re.match(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$", key)
+        key = decoder_name(re.sub(r"^layernorm\.", "norm.", key))
+        # decoder layers: decoder_layers.i on the Hub, decoder.decoder_encoder.layer.i as transformers 5 saves
+        layer = re.match(
+            r"^(decoder\.)?(?:encoder\.layer|layers|decoder_layers|decoder_encoder\.layer)\.(\d+)\.(.+)$", key
+        )
         if layer:
-            i, rest = layer.groups()
+            blocks = "decoder_blocks" if layer.group(1) else "blocks"
+            i, rest = layer.group(2, 3)
             match = HF_QKV.match(rest)
             if match:  # VideoMAE's files: q_bias and v_bias, no key bias
                 name, kind = match.group(1) or match.group(2), match.group(3) or "bias"
-                qkv.setdefault((i, kind), {})["qkv".index(name[0])] = value
+                qkv.setdefault((blocks, i, kind), {})["qkv".index(name[0])] = value
                 continue
             rest = next((rest.replace(a, b, 1) for a, b in HF_LAYER.items() if rest.startswith(a)), rest)
-            key = f"blocks.{i}.{rest}"
+            key = f"{blocks}.{i}.{rest}"
         out[key] = value
-    for (i, kind), parts in qkv.items():  # rows 0:D, D:2D, 2D:3D; a missing bias is zero
+    for (blocks, i, kind), parts in qkv.items():  # rows 0:D, D:2D, 2D:3D; a missing bias is zero
         dim = next(iter(parts.values())).shape[0]
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts.get(j, torch.zeros(dim)) for j in range(3)])
+        out[f"{blocks}.{i}.attn.qkv.{kind}"] = torch.cat([parts.get(j, torch.zeros(dim)) for j in range(3)])
     return out, hf
 
 

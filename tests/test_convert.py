@@ -265,3 +265,102 @@ def test_audiomae_file_imports_equal_at_1024_frames_and_another_length(tmp_path,
         assert_same(out.tokens, theirs[:, 1:])
         if fine_tuned:
             assert_same(out.features, reference.forward_head(theirs, pre_logits=True))
+
+
+def official_mae_full(hf_state: dict) -> dict:
+    """A Hugging Face ViTMAEForPreTraining's weights (transformers 5's names) as MAE's ``*_full``
+    files name them: timm's encoder names, then decoder_embed, mask_token, decoder_pos_embed,
+    decoder_blocks, decoder_norm, decoder_pred."""
+    out = {}
+    for key, value in hf_state.items():
+        key = key.replace("vit.embeddings.cls_token", "cls_token").replace(
+            "vit.embeddings.position_embeddings", "pos_embed"
+        )
+        key = key.replace("vit.embeddings.patch_embeddings.projection", "patch_embed.proj").replace(
+            "vit.layernorm", "norm"
+        )
+        key = (
+            key.replace("vit.layers.", "blocks.")
+            .replace("decoder.decoder_layers.", "decoder_blocks.")
+            .replace("decoder.", "")
+        )
+        key = (
+            key.replace("layernorm_before", "norm1")
+            .replace("layernorm_after", "norm2")
+            .replace("attention.o_proj", "attn.proj")
+        )
+        out[key] = value
+    for blocks in ("blocks", "decoder_blocks"):
+        for kind in ("weight", "bias"):
+            parts = [out.pop(f"{blocks}.0.attention.{n}_proj.{kind}") for n in "qkv"]
+            out[f"{blocks}.0.attn.qkv.{kind}"] = torch.cat(parts)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["hf-vitmae", "mae-full"])
+def test_imported_decoder_gives_the_source_loss_on_the_same_masked_images(tmp_path, fmt):
+    """Continuing pretraining starts where the source stopped: MAE's loss (norm-pix, 0.75 hidden)."""
+    import transformers
+
+    from foundations.mae import MAEConfig, MaskedAutoencoder
+    from foundations.masking import MaskConfig, plan_from_scores
+    from modalities.convert import import_checkpoint
+
+    cfg = transformers.ViTMAEConfig(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, image_size=64,
+        patch_size=16, decoder_hidden_size=64, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+        decoder_intermediate_size=128, norm_pix_loss=True, mask_ratio=0.75,  # MAE's decoder heads: 32 wide
+        layer_norm_eps=1e-12 if fmt == "hf-vitmae" else 1e-6,  # MAE's own LayerNorms: 1e-6
+    )  # fmt: skip
+    hf = randomised(transformers.ViTMAEForPreTraining(cfg))
+    with torch.no_grad():
+        hf.decoder.decoder_pos_embed[:, 0] = 0  # MAE's decoder gives the class token no position
+    if fmt == "hf-vitmae":
+        hf.save_pretrained(tmp_path / "hf")
+        imported = import_checkpoint(tmp_path / "hf")
+    else:
+        torch.save({"model": official_mae_full(hf.state_dict())}, tmp_path / "mae_full.pth")
+        imported = import_checkpoint(tmp_path / "mae_full.pth", heads=2)
+    decoder_cfg, decoder_state = imported.decoder
+    assert (decoder_cfg.dim, decoder_cfg.heads) == (64, 2) and decoder_cfg.norm_eps == (
+        1e-12 if fmt == "hf-vitmae" else 1e-6
+    )
+    encoder = imported.encoder
+    mae = MaskedAutoencoder(encoder.adapter, MAEConfig(encoder.cfg, decoder_cfg, MaskConfig("random", 0.75)))
+    mae.encoder.load_state_dict(encoder.state_dict())
+    mae.decoder.load_state_dict(decoder_state)
+    x, noise = torch.rand(2, 3, 64, 64), torch.rand(2, 16)  # Hugging Face keeps the 4 lowest-noise patches
+    with torch.no_grad():
+        theirs = hf((x - MEAN) / STD, noise=noise).loss
+        ours = mae.eval()(x, plan=plan_from_scores(-noise, 12)).loss
+    assert abs(ours.item() - theirs.item()) < 1e-5 * theirs.item(), (ours.item(), theirs.item())
+
+
+def test_imported_videomae_decoder_gives_the_source_loss_on_the_same_masked_clips(tmp_path):
+    import transformers
+
+    from foundations.mae import MAEConfig, MaskedAutoencoder
+    from foundations.masking import MaskConfig, plan_from_scores
+    from modalities.convert import import_checkpoint
+
+    cfg = transformers.VideoMAEConfig(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, image_size=32,
+        patch_size=16, num_frames=8, tubelet_size=2, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2, decoder_intermediate_size=64, norm_pix_loss=True, use_mean_pooling=False,
+        layer_norm_eps=1e-5,  # its decoder's last LayerNorm has 1e-5 whatever the config says
+    )  # fmt: skip
+    hf = randomised(transformers.VideoMAEForPreTraining(cfg))
+    hf.save_pretrained(tmp_path / "hf")
+    imported = import_checkpoint(tmp_path / "hf")
+    decoder_cfg, decoder_state = imported.decoder
+    encoder = imported.encoder
+    mae = MaskedAutoencoder(encoder.adapter, MAEConfig(encoder.cfg, decoder_cfg, MaskConfig("tube", 0.75), True))
+    mae.encoder.load_state_dict(encoder.state_dict())
+    mae.decoder.load_state_dict(decoder_state)
+    x = torch.rand(2, 3, 8, 32, 32)
+    hidden = torch.zeros(2, 16, dtype=torch.bool)
+    hidden[0, [0, 3, 5, 6, 9, 10, 12, 15]] = hidden[1, [1, 2, 4, 7, 8, 11, 13, 14]] = True
+    with torch.no_grad():
+        theirs = hf(((x - MEAN[..., None]) / STD[..., None]).transpose(1, 2), bool_masked_pos=hidden).loss
+        ours = mae.eval()(x, plan=plan_from_scores(-hidden.float(), 8)).loss
+    assert abs(ours.item() - theirs.item()) < 1e-5 * theirs.item(), (ours.item(), theirs.item())  # 1.2e-6 measured

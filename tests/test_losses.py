@@ -18,8 +18,9 @@ def test_normalize_target__per_token_zero_mean_unit_var():
     t = torch.randn(2, 5, 64) * 3 + 7
     n, mean, std = normalize_target(t)
     torch.testing.assert_close(n.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
-    torch.testing.assert_close(n.var(-1, unbiased=False), torch.ones(2, 5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(n.var(-1), torch.ones(2, 5), atol=1e-3, rtol=0)  # unbiased, as MAE's code
     torch.testing.assert_close(n * std + mean, t)
+    torch.testing.assert_close(normalize_target(t, torch.ones_like(t))[0], n)  # weights of one change nothing
 
 
 def test_normalize_target__weighted_stats_ignore_masked_elements():
@@ -27,7 +28,7 @@ def test_normalize_target__weighted_stats_ignore_masked_elements():
     w = torch.tensor([[[1.0, 1.0, 0.0]]])
     n, mean, _ = normalize_target(t, w)
     assert mean.item() == 2.0
-    torch.testing.assert_close(n[..., :2], torch.tensor([[[-1.0, 1.0]]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(n[..., :2], torch.tensor([[[-1.0, 1.0]]]) / 2**0.5, atol=1e-4, rtol=0)  # unbiased
 
 
 def test_normalize_target__ignores_patch_offset_and_scale():
