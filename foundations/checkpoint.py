@@ -7,7 +7,9 @@ data it was trained on, and free-form metadata (class names, training summary).
 The loader is handed the adapter registry (``modalities.ADAPTERS``) rather than importing it, so
 the core never imports a modality. Versions: 1 wrote per-modality adapter fields (``image_size``,
 ``roi``); 2 writes the grid adapter's; 3 adds the encoder's ``norm_eps`` and ``pos_grid`` (imported
-encoders). Each adapter's ``upgrade`` converts older fields on load.
+encoders). Each adapter's ``upgrade`` converts older fields on load. Beside the encoder, an MAE
+decoder may be kept (``decoder.safetensors``, its config under ``"decoder"``) so that pretraining
+can continue where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from foundations.adapter import build_adapter
 from foundations.files import replacing, write_text
+from foundations.mae import Decoder, DecoderConfig
 from foundations.vit import Encoder, EncoderConfig
 
 FORMAT = "mae-foundations/encoder"
@@ -32,7 +35,9 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded; the message names the file and the problem."""
 
 
-def save_pretrained(encoder: Encoder, directory, data_card: str | None = None, **meta) -> Path:
+def save_pretrained(
+    encoder: Encoder, directory, data_card: str | None = None, decoder: Decoder | None = None, **meta
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -41,11 +46,16 @@ def save_pretrained(encoder: Encoder, directory, data_card: str | None = None, *
         "encoder": dataclasses.asdict(encoder.cfg),
         "adapter": encoder.adapter.config_dict(),
         "data_card": data_card,
+        **({"decoder": dataclasses.asdict(decoder.cfg)} if decoder is not None else {}),
         **meta,
     }
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    with replacing(directory / "model.safetensors") as tmp:
-        save_file(state, tmp, metadata={"format": FORMAT})
+    for name, module in (("model", encoder), ("decoder", decoder)):
+        if module is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            with replacing(directory / f"{name}.safetensors") as tmp:
+                save_file(state, tmp, metadata={"format": FORMAT})
+    if decoder is None:  # a decoder of an earlier export no longer belongs to this encoder
+        (directory / "decoder.safetensors").unlink(missing_ok=True)
     write_text(directory / "config.json", json.dumps(config, indent=2))
     return directory
 
@@ -86,6 +96,27 @@ def load_encoder(directory, adapters: dict, device: str | torch.device = "cpu") 
     load_state(encoder, state, weights)
     encoder.info = config
     return encoder.to(device).eval()
+
+
+def load_decoder(directory, encoder: Encoder) -> Decoder | None:
+    """The MAE decoder saved beside ``encoder`` in ``directory``, or None when there is none."""
+    directory = Path(directory)
+    config = read_config(directory)
+    if "decoder" not in config:
+        return None
+    try:
+        cfg = DecoderConfig(**config["decoder"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: invalid decoder config ({e})") from None
+    adapter = encoder.adapter
+    decoder = Decoder(encoder.cfg.dim, cfg, adapter.pos_embed, adapter.coord_dim, adapter.target_dim)
+    weights = directory / "decoder.safetensors"
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: unreadable or missing safetensors file ({e})") from None
+    load_state(decoder, state, weights)
+    return decoder
 
 
 def load_state(module: torch.nn.Module, state: dict, source) -> None:

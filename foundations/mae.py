@@ -77,6 +77,7 @@ class MAEOutput(NamedTuple):
 class Decoder(nn.Module):
     def __init__(self, enc_dim: int, cfg: DecoderConfig, pos_kind: str, coord_dim: int, target_dim: int):
         super().__init__()
+        self.cfg = cfg
         self.embed = nn.Linear(enc_dim, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         pos_kind = pos_kind if cfg.pos_grid is None else "table"

@@ -52,7 +52,7 @@ import torch
 from safetensors.torch import load_file
 
 from foundations.checkpoint import CheckpointError, load_state, save_pretrained
-from foundations.mae import DecoderConfig
+from foundations.mae import Decoder, DecoderConfig
 from foundations.pos_embed import sinusoid_table
 from foundations.vit import Encoder, EncoderConfig
 from modalities import build_adapter
@@ -68,6 +68,7 @@ LICENCES = {
     "audiomae": "CC-BY 4.0 (facebookresearch/AudioMAE)",
 }
 NOT_IMPORTED = re.compile(r"^(head\.|classifier\.|decoder|mask_token|encoder_to_decoder)")  # heads, decoders
+DECODER_KEYS = ("decoder", "mask_token")  # MAE's decoder names (the others' are renamed to them)
 
 
 def load_raw(path: Path):
@@ -115,7 +116,7 @@ def guess_source(raw, state: dict) -> str:
 
 class Imported(NamedTuple):
     encoder: Encoder  # with .info: source, licence, tensors not imported
-    decoder: tuple[DecoderConfig, dict] | None  # MAE's decoder in this suite's names, when it fits
+    decoder: Decoder | None  # the checkpoint's MAE decoder, when it has one that fits
     decoder_note: str  # why there is none
 
 
@@ -197,14 +198,17 @@ def import_checkpoint(path, source=None, modality=None, heads=None, grey=False) 
         "not_imported": sorted(skipped + left_out),
     }
     decoder, note = decoder_from_names(state, encoder, spec["decoder_heads"], spec["eps"])
+    if decoder is not None:  # taken after all
+        encoder.info["not_imported"] = [k for k in encoder.info["not_imported"] if not k.startswith(DECODER_KEYS)]
+    encoder.info["decoder_import"] = note or "imported"
     return Imported(encoder, decoder, note)
 
 
 def decoder_from_names(state: dict, encoder: Encoder, heads: int | None, eps: float):
     """An MAE decoder in the names ``decoder_embed`` (VideoMAE's ``encoder_to_decoder``, no bias),
     ``mask_token``, ``decoder_pos_embed`` (VideoMAE: its sinusoid, not saved), ``decoder_blocks.i``
-    in timm names, ``decoder_norm``, ``decoder_pred`` -> (DecoderConfig, state of ``Decoder``), or
-    None and the reason it does not fit this encoder."""
+    in timm names, ``decoder_norm``, ``decoder_pred`` -> (``Decoder``, ""), or (None, the reason
+    it does not fit this encoder)."""
     if "decoder_embed.weight" not in state:
         return None, "the checkpoint holds no decoder: a fresh one is trained"
     need = ["mask_token", "decoder_blocks.0.attn.qkv.weight", "decoder_norm.weight", "decoder_pred.weight"]
@@ -242,7 +246,10 @@ def decoder_from_names(state: dict, encoder: Encoder, heads: int | None, eps: fl
         pos_grid=table.grid,
         pos_resize=table.resize,
     )
-    return (cfg, ours), ""
+    adapter = encoder.adapter
+    decoder = Decoder(encoder.cfg.dim, cfg, adapter.pos_embed, adapter.coord_dim, adapter.target_dim)
+    load_state(decoder, ours, "the checkpoint's decoder")
+    return decoder.eval(), ""
 
 
 def vit_from_timm_names(state, path, adapter, heads, eps, grid, resize, grey=False) -> tuple[Encoder, list[str]]:
@@ -420,16 +427,21 @@ def main(argv=None) -> int:
     p.add_argument("--grey", action="store_true", help="fold a 3-channel stem into one for grey inputs (ultrasound)")
     args = p.parse_args(argv)
     try:
-        encoder = convert(args.src, args.source, args.modality, args.heads, args.grey)
+        imported = import_checkpoint(args.src, args.source, args.modality, args.heads, args.grey)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    encoder = imported.encoder
     source = encoder.info["source"]["kind"]
     if args.source is None:
         print(f"source guessed from the file: {source} (say --source to choose)")
-    save_pretrained(encoder, args.out, **encoder.info)
+    save_pretrained(encoder, args.out, decoder=imported.decoder, **encoder.info)
     skipped = encoder.info["not_imported"]
     print(f"{args.out}: {encoder.cfg.depth} blocks of width {encoder.cfg.dim} from {source}")
+    if imported.decoder is not None:
+        print(f"with its MAE decoder ({imported.decoder.cfg.depth} blocks of width {imported.decoder.cfg.dim})")
+    else:
+        print(f"no decoder: {imported.decoder_note}")
     if skipped:
         print(f"not imported ({len(skipped)}): {', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}")
     return 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from foundations.checkpoint import CheckpointError, save_pretrained
+from foundations.checkpoint import CheckpointError, load_decoder, save_pretrained
 from modalities import load_encoder
 from modalities.convert import IMAGENET, convert, main
 
@@ -316,24 +316,28 @@ def test_imported_decoder_gives_the_source_loss_on_the_same_masked_images(tmp_pa
     with torch.no_grad():
         hf.decoder.decoder_pos_embed[:, 0] = 0  # MAE's decoder gives the class token no position
     if fmt == "hf-vitmae":
-        hf.save_pretrained(tmp_path / "hf")
-        imported = import_checkpoint(tmp_path / "hf")
+        path = tmp_path / "hf"
+        hf.save_pretrained(path)
     else:
-        torch.save({"model": official_mae_full(hf.state_dict())}, tmp_path / "mae_full.pth")
-        imported = import_checkpoint(tmp_path / "mae_full.pth", heads=2)
-    decoder_cfg, decoder_state = imported.decoder
-    assert (decoder_cfg.dim, decoder_cfg.heads) == (64, 2) and decoder_cfg.norm_eps == (
-        1e-12 if fmt == "hf-vitmae" else 1e-6
-    )
-    encoder = imported.encoder
+        path = tmp_path / "mae_full.pth"
+        torch.save({"model": official_mae_full(hf.state_dict())}, path)
+    imported = import_checkpoint(path, heads=2)
+    decoder_cfg, encoder = imported.decoder.cfg, imported.encoder
+    assert (decoder_cfg.dim, decoder_cfg.heads, decoder_cfg.norm_eps) == (64, 2, 1e-12 if fmt == "hf-vitmae" else 1e-6)
+    assert encoder.info["not_imported"] == [] and encoder.info["decoder_import"] == "imported"
     mae = MaskedAutoencoder(encoder.adapter, MAEConfig(encoder.cfg, decoder_cfg, MaskConfig("random", 0.75)))
     mae.encoder.load_state_dict(encoder.state_dict())
-    mae.decoder.load_state_dict(decoder_state)
+    mae.decoder.load_state_dict(imported.decoder.state_dict())
     x, noise = torch.rand(2, 3, 64, 64), torch.rand(2, 16)  # Hugging Face keeps the 4 lowest-noise patches
     with torch.no_grad():
         theirs = hf((x - MEAN) / STD, noise=noise).loss
         ours = mae.eval()(x, plan=plan_from_scores(-noise, 12)).loss
     assert abs(ours.item() - theirs.item()) < 1e-5 * theirs.item(), (ours.item(), theirs.item())
+    # the decoder travels with the encoder in this suite's format
+    assert main([str(path), str(tmp_path / "ours"), "--heads", "2"]) == 0
+    saved = load_decoder(tmp_path / "ours", load_encoder(tmp_path / "ours"))
+    assert saved.cfg == decoder_cfg
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in imported.decoder.state_dict().items())
 
 
 def test_imported_videomae_decoder_gives_the_source_loss_on_the_same_masked_clips(tmp_path):
@@ -352,11 +356,10 @@ def test_imported_videomae_decoder_gives_the_source_loss_on_the_same_masked_clip
     hf = randomised(transformers.VideoMAEForPreTraining(cfg))
     hf.save_pretrained(tmp_path / "hf")
     imported = import_checkpoint(tmp_path / "hf")
-    decoder_cfg, decoder_state = imported.decoder
-    encoder = imported.encoder
+    decoder_cfg, encoder = imported.decoder.cfg, imported.encoder
     mae = MaskedAutoencoder(encoder.adapter, MAEConfig(encoder.cfg, decoder_cfg, MaskConfig("tube", 0.75), True))
     mae.encoder.load_state_dict(encoder.state_dict())
-    mae.decoder.load_state_dict(decoder_state)
+    mae.decoder.load_state_dict(imported.decoder.state_dict())
     x = torch.rand(2, 3, 8, 32, 32)
     hidden = torch.zeros(2, 16, dtype=torch.bool)
     hidden[0, [0, 3, 5, 6, 9, 10, 12, 15]] = hidden[1, [1, 2, 4, 7, 8, 11, 13, 14]] = True
