@@ -109,7 +109,7 @@ def load_decoder(directory, encoder: Encoder) -> Decoder | None:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / 'config.json'}: invalid decoder config ({e})") from None
     adapter = encoder.adapter
-    decoder = Decoder(encoder.cfg.dim, cfg, adapter.pos_embed, adapter.coord_dim, adapter.target_dim)
+    decoder = Decoder(encoder.cfg.dim, cfg, adapter.pos_embed, adapter.coord_dim, adapter.target_dim, encoder.cfg.depth)
     weights = directory / "decoder.safetensors"
     try:
         state = load_file(weights)

@@ -12,6 +12,14 @@ Stages, named as in the paper's reference implementation:
 
 Because the decoder is told which tokens to predict, a decoder that predicts a subset of the
 hidden tokens (cheaper per step) needs no change to the encoder or the adapters.
+
+Two decoders (``DecoderConfig.kind``):
+  self   MAE's: self-attention over the visible latents and the queries together.
+  cross  CrossMAE's (Fu et al., "Rethinking Patch Dependence for Masked Autoencoders", TMLR 2025):
+         each query (mask token + position) attends to the encoder's tokens only, never to another
+         query, so predicting a quarter of the tokens (``MaskConfig.predict_ratio``) costs a quarter;
+         with ``mix`` every decoder block reads its own learned mix of the encoder's input and
+         block outputs (CrossMAE's weighted feature maps, ``Linear(depth + 1 -> decoder depth)``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
 from foundations.masking import MaskConfig, MaskPlan, make_mask
@@ -33,6 +43,8 @@ class DecoderConfig:
     depth: int = 4
     heads: int = 8
     mlp_ratio: float = 4.0
+    kind: str = "self"  # self (MAE) | cross (CrossMAE)
+    mix: bool = False  # cross: each block reads a learned mix of every encoder block's output
     norm_eps: float = 1e-6  # LayerNorm epsilon (Hugging Face's ViTMAE: 1e-12)
     pos_grid: tuple[int, ...] | None = None  # a position table over this grid (imported decoders)
     pos_resize: str = "bicubic"  # how that table meets other grids (foundations.pos_embed.RESIZE)
@@ -44,6 +56,10 @@ class DecoderConfig:
             raise ValueError(f"DecoderConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.depth < 1:
             raise ValueError(f"DecoderConfig.depth must be >= 1, got {self.depth}")
+        if self.kind not in ("self", "cross"):
+            raise ValueError(f"DecoderConfig.kind must be self or cross, got {self.kind!r}")
+        if self.mix and self.kind != "cross":
+            raise ValueError("DecoderConfig.mix needs kind='cross'")
 
 
 # Decoders sized for each encoder preset: MAE's 512 x 8 for base and up, lighter below.
@@ -74,29 +90,64 @@ class MAEOutput(NamedTuple):
     weights: torch.Tensor | None  # (B, N, P) element weights of every token, or None
 
 
+class CrossBlock(nn.Module):
+    """CrossMAE's decoder block, pre-norm: the queries attend to the encoder's tokens (keys and
+    values projected from the encoder's width), then an MLP. x: (B, M, Dd), y: (B, L, De)."""
+
+    def __init__(self, dim: int, enc_dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(enc_dim, 2 * dim), nn.Linear(dim, dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        B, M, D = x.shape
+        q = self.q(self.norm1(x)).view(B, M, self.heads, -1).transpose(1, 2)  # (B, h, M, hd)
+        k, v = (t.transpose(1, 2) for t in self.kv(y).view(B, y.shape[1], 2, self.heads, -1).unbind(2))
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, M, D))
+        return x + self.mlp(self.norm2(x))
+
+
 class Decoder(nn.Module):
-    def __init__(self, enc_dim: int, cfg: DecoderConfig, pos_kind: str, coord_dim: int, target_dim: int):
+    def __init__(
+        self, enc_dim: int, cfg: DecoderConfig, pos_kind: str, coord_dim: int, target_dim: int, enc_depth: int = 0
+    ):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Linear(enc_dim, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         pos_kind = pos_kind if cfg.pos_grid is None else "table"
         self.pos_embed = PosEmbed(pos_kind, coord_dim, cfg.dim, cfg.pos_grid, cfg.pos_resize)
         eps = cfg.norm_eps
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, eps=eps) for _ in range(cfg.depth))
+        if cfg.kind == "self":
+            self.embed = nn.Linear(enc_dim, cfg.dim)
+            self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, eps=eps) for _ in range(cfg.depth))
+        else:
+            blocks = (CrossBlock(cfg.dim, enc_dim, cfg.heads, cfg.mlp_ratio, eps) for _ in range(cfg.depth))
+            self.blocks = nn.ModuleList(blocks)
+        if cfg.mix:  # the encoder's input and its enc_depth block outputs -> one mix per decoder block
+            self.mix = nn.Linear(enc_depth + 1, cfg.depth, bias=False)
+            self.mix_norms = nn.ModuleList(nn.LayerNorm(enc_dim, eps=eps) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, eps=eps)
         self.pred = nn.Linear(cfg.dim, target_dim)
         self.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
+        if cfg.mix:
+            nn.init.normal_(self.mix.weight, std=(enc_depth + 1) ** -0.5)
 
     def forward(self, latent, coords, ids_keep, ids_pred, n_prefix: int) -> torch.Tensor:
-        """latent: (B, n_prefix + Nv, De), coords: (B, N, k), ids_keep: (B, Nv), ids_pred: (B, M)
-        -> (B, M, P)."""
+        """latent: (B, n_prefix + Nv, De), or with ``mix`` every encoder stage's (B, n_prefix + Nv,
+        De, depth + 1); coords: (B, N, k), ids_keep: (B, Nv), ids_pred: (B, M) -> (B, M, P)."""
+        B, M = ids_pred.shape
+        query = self.mask_token.expand(B, M, -1) + self.pos_embed(coords, ids_pred).to(latent.dtype)
+        if self.cfg.kind == "cross":
+            mixed = self.mix(latent) if self.cfg.mix else None  # (B, L, De, decoder depth)
+            for i, blk in enumerate(self.blocks):
+                query = blk(query, latent if mixed is None else self.mix_norms[i](mixed[..., i]))
+            return self.pred(self.norm(query))  # (B, M, P)
         x = self.embed(latent)  # (B, n_prefix + Nv, Dd)
         prefix, vis = x[:, :n_prefix], x[:, n_prefix:]
         vis = vis + self.pos_embed(coords, ids_keep).to(vis.dtype)
-        B, M = ids_pred.shape
-        query = self.mask_token.expand(B, M, -1) + self.pos_embed(coords, ids_pred).to(x.dtype)
         x = torch.cat([prefix, vis, query], dim=1)  # (B, n_prefix + Nv + M, Dd)
         x = run_blocks(self.blocks, x, grad_checkpointing=False)
         return self.pred(self.norm(x[:, -M:]))  # (B, M, P)
@@ -107,7 +158,9 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(adapter, cfg.encoder)
-        self.decoder = Decoder(cfg.encoder.dim, cfg.decoder, adapter.pos_embed, adapter.coord_dim, adapter.target_dim)
+        self.decoder = Decoder(
+            cfg.encoder.dim, cfg.decoder, adapter.pos_embed, adapter.coord_dim, adapter.target_dim, cfg.encoder.depth
+        )
 
     @property
     def adapter(self):
@@ -116,8 +169,13 @@ class MaskedAutoencoder(nn.Module):
     def forward_encoder(self, x, generator=None, plan: MaskPlan | None = None):
         tokens, coords = self.adapter.embed(x)  # (B, N, D), (B, N, k)
         plan = plan or make_mask(self.cfg.mask, coords, generator)
-        latent = self.encoder.forward_tokens(tokens, coords, plan.ids_keep)  # (B, p + Nv, D)
-        return latent, coords, plan
+        if not self.cfg.decoder.mix:
+            return self.encoder.forward_tokens(tokens, coords, plan.ids_keep), coords, plan  # (B, p + Nv, D)
+        stages = dict.fromkeys(range(self.cfg.encoder.depth))  # 0: the blocks' input, then blocks 1 to depth - 1
+        # the last stage after the encoder's final norm (CrossMAE's is before it), which the decoder
+        # then trains like the rest: it is part of every feature this encoder gives later
+        last = self.encoder.forward_tokens(tokens, coords, plan.ids_keep, hidden=stages)
+        return torch.stack([*stages.values(), last], dim=-1), coords, plan  # (B, p + Nv, D, depth + 1)
 
     def forward_decoder(self, latent, coords, plan: MaskPlan, ids_pred=None):
         if ids_pred is None:

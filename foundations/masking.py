@@ -18,7 +18,8 @@ What the decoder reconstructs (``decode``): every hidden token (MAE), or with "r
 half of them that VideoMAE V2's dual masking picks (Wang et al. 2023): in every 2x2 cell of the
 two axes other than ``tube_axis``, two positions of four (in raster order, rolled by one per step
 along ``tube_axis``), so each tube is reconstructed at two steps of every four and the decoder does
-about half the work.
+about half the work. ``predict_ratio`` narrows that to a random subset, a fraction of all tokens
+(CrossMAE's ``kept_mask_ratio``: 0.25 predicts 49 of 196 tokens, where 0.75 are hidden).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class MaskConfig:
     block_tokens: int = 16  # block: mean tokens per block (seeds = n_hide / block_tokens)
     tube_axis: int = 0  # tube: coordinate axis that tubes run along
     decode: str = "hidden"  # hidden | running_cell: which hidden tokens the decoder reconstructs
+    predict_ratio: float | None = None  # reconstruct a random subset of those, this fraction of all tokens
 
     def __post_init__(self):
         if self.strategy not in ("random", "block", "tube"):
@@ -46,6 +48,8 @@ class MaskConfig:
             raise ValueError(f"MaskConfig.decode must be hidden|running_cell, got {self.decode!r}")
         if self.block_tokens < 1:
             raise ValueError(f"MaskConfig.block_tokens must be >= 1, got {self.block_tokens}")
+        if self.predict_ratio is not None and not 0.0 < self.predict_ratio <= self.ratio:
+            raise ValueError(f"MaskConfig.predict_ratio must be in (0, ratio={self.ratio}], got {self.predict_ratio}")
 
 
 class MaskPlan(NamedTuple):
@@ -149,4 +153,9 @@ def make_mask(cfg: MaskConfig, coords: torch.Tensor, generator=None) -> MaskPlan
         plan = tube_masking(coords, cfg.ratio, cfg.tube_axis, generator)
     if cfg.decode == "running_cell":
         plan = plan._replace(ids_pred=running_cell(coords, plan, cfg.tube_axis, generator))
+    if cfg.predict_ratio is not None:
+        candidates = plan.ids_hide if plan.ids_pred is None else plan.ids_pred  # (B, C)
+        m = min(max(1, round(coords.shape[1] * cfg.predict_ratio)), candidates.shape[1])
+        order = _rand(tuple(candidates.shape), coords.device, generator).argsort(dim=1)[:, :m]
+        plan = plan._replace(ids_pred=candidates.gather(1, order))  # (B, m)
     return plan

@@ -106,7 +106,9 @@ class Block(nn.Module):
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool, hidden=None) -> torch.Tensor:
     """Run the blocks in turn; ``hidden``, a dict keyed by 1-based block numbers, receives the
-    output of those blocks (UNETR-style decoders read intermediate layers)."""
+    output of those blocks (UNETR-style decoders read intermediate layers), and under 0 the input."""
+    if hidden is not None and 0 in hidden:
+        hidden[0] = x
     for i, blk in enumerate(blocks, start=1):
         if grad_checkpointing and x.requires_grad:
             x = checkpoint(blk, x, use_reentrant=False)

@@ -88,3 +88,52 @@ def test_mae__loss_falls_when_overfitting_a_batch():
 def test_decoder_config__bad_heads_raise():
     with pytest.raises(ValueError, match="divisible"):
         DecoderConfig(dim=30, heads=4)
+
+
+def cross(mix=False, predict_ratio=None):
+    torch.manual_seed(0)
+    decoder = DecoderConfig(dim=32, depth=2, heads=2, kind="cross", mix=mix)
+    mask = MaskConfig(ratio=0.75, predict_ratio=predict_ratio)
+    cfg = dataclasses.replace(
+        TINY_MAE, decoder=decoder, mask=mask, encoder=dataclasses.replace(TINY_MAE.encoder, cls_token=True)
+    )
+    return MaskedAutoencoder(image_adapter(32), cfg)
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_cross_decoder__each_query_alone_predicts_its_token(mix):
+    mae = cross(mix).eval()
+    x = torch.rand(2, 1, 32, 32)
+    latent, coords, plan = mae.forward_encoder(x, torch.Generator().manual_seed(0))
+    every, ids = mae.forward_decoder(latent, coords, plan)
+    assert every.shape == (2, 12, 64) and torch.equal(ids, plan.ids_hide)
+    # no attention among queries: a token's prediction is the same whatever else is predicted
+    alone, _ = mae.forward_decoder(latent, coords, plan, plan.ids_hide[:, 3:4])
+    torch.testing.assert_close(alone[:, 0], every[:, 3])
+    self_mae = make()  # MAE's decoder: the queries see each other
+    latent, coords, plan = self_mae.forward_encoder(x, torch.Generator().manual_seed(0))
+    every, _ = self_mae.forward_decoder(latent, coords, plan)
+    alone, _ = self_mae.forward_decoder(latent, coords, plan, plan.ids_hide[:, 3:4])
+    assert (alone[:, 0] - every[:, 3]).abs().max() > 1e-4
+
+
+def test_cross_decoder__gradients_reach_every_parameter_and_predict_ratio_picks_the_tokens():
+    mae = cross(mix=True, predict_ratio=0.25)
+    out = mae(torch.rand(2, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert out.pred.shape == (2, 4, 64) and out.mask.gather(1, out.ids_pred).all()  # 4 of 16 tokens, all hidden
+    out.loss.backward()
+    silent = [n for n, p in mae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert silent == [] and mae.decoder.mix.weight.shape == (2, 3)  # decoder depth x (encoder depth + 1)
+
+
+def test_cross_decoder__a_mix_of_only_the_last_block_is_the_plain_cross_decoder():
+    plain, mixed = cross().eval(), cross(mix=True).eval()
+    mixed.load_state_dict(plain.state_dict(), strict=False)  # all but the mix and its norms
+    with torch.no_grad():
+        mixed.decoder.mix.weight.copy_(torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]))  # the encoder's output
+    # (normed again by each block's mix norm, at its initial 1 and 0: tokens already normed stay so)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a = plain(x, generator=torch.Generator().manual_seed(0)).pred
+        b = mixed(x, generator=torch.Generator().manual_seed(0)).pred
+    torch.testing.assert_close(a, b)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -84,6 +86,7 @@ def test_tube_masking__unequal_tubes_raise():
         ({"ratio": 0.0}, "ratio"),
         ({"ratio": 1.0}, "ratio"),
         ({"block_tokens": 0}, "block_tokens"),
+        ({"ratio": 0.5, "predict_ratio": 0.75}, "predict_ratio"),
     ],
 )
 def test_mask_config__bad_values_raise(kwargs, match):
@@ -146,3 +149,16 @@ def test_running_cell__the_decoder_predicts_only_the_subset():
     out = mae(torch.rand(2, 3, 8, 32, 32), generator=torch.Generator().manual_seed(0))
     assert out.pred.shape[1] == out.mask.sum(1)[0] // 2 and out.ids_pred.shape == out.pred.shape[:2]
     assert out.mask.gather(1, out.ids_pred).all()
+
+
+@pytest.mark.parametrize("decode", ["hidden", "running_cell"])
+def test_predict_ratio__a_random_subset_of_what_would_be_decoded(decode):
+    coords = grid(4, 8, 8).expand(3, -1, -1)  # 256 tokens
+    cfg = MaskConfig("tube", 0.75, decode=decode, predict_ratio=0.25)
+    plan = make_mask(cfg, coords, torch.Generator().manual_seed(0))
+    full = make_mask(dataclasses.replace(cfg, predict_ratio=None), coords, torch.Generator().manual_seed(0))
+    assert plan.ids_pred.shape == (3, 64)  # a quarter of 256, out of 192 hidden (the running cell: 96)
+    pool = full.ids_hide if decode == "hidden" else full.ids_pred
+    for b in range(3):
+        assert set(plan.ids_pred[b].tolist()) <= set(pool[b].tolist()) and plan.ids_pred[b].unique().numel() == 64
+    assert not torch.equal(plan.ids_pred[0].sort().values, plan.ids_pred[1].sort().values)  # drawn per sample
