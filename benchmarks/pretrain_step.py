@@ -4,7 +4,11 @@
     ./mae.sh exec pip install -e ".[bench]"      # transformers: a benchmark-only extra
     ./mae.sh exec python benchmarks/pretrain_step.py [--models small base] [--rounds 5]
 
-Both models run interleaved in one process (round-robin, same inputs, same threads), so machine
+A third column is the suite's fast configuration at the same encoder: CrossMAE's decoder (the
+same width and depth, queries attending to a learned mix of the encoder's stages) predicting a
+quarter of the tokens (``predict_ratio`` 0.25 of 0.75 hidden), as CrossMAE trains.
+
+All models run interleaved in one process (round-robin, same inputs, same threads), so machine
 noise hits both alike; the figure is the median over rounds. Model FLOPs count the matmuls of the
 MAE workload (patch embedding of every patch, encoder on visible tokens, decoder on all tokens,
 prediction of every token), x3 for forward and backward; the fraction is against this machine's
@@ -14,6 +18,7 @@ fp32 matmul throughput measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 from timing import interleaved, matmul_peak, training_step
@@ -26,9 +31,10 @@ from modalities import build_adapter
 CONFIGS = {"small": 16, "base": 8}  # preset -> batch size (as in the issue's peer figures)
 IMAGE, PATCH, RATIO = 224, 16, 0.75
 DECODER = DecoderConfig(dim=512, depth=8, heads=16)  # MAE's and HF's default decoder
+FAST = dataclasses.replace(DECODER, kind="cross", mix=True), 0.25  # the decoder, and its predict_ratio
 
 
-def ours(preset: str) -> torch.nn.Module:
+def ours(preset: str, fast: bool = False) -> torch.nn.Module:
     adapter = build_adapter(
         {
             "name": "image2d",
@@ -40,7 +46,9 @@ def ours(preset: str) -> torch.nn.Module:
         },
         PRESETS[preset].dim,
     )
-    return MaskedAutoencoder(adapter, MAEConfig(PRESETS[preset], DECODER, MaskConfig("random", RATIO), True))
+    decoder, predict = FAST if fast else (DECODER, None)
+    mask = MaskConfig("random", RATIO, predict_ratio=predict)
+    return MaskedAutoencoder(adapter, MAEConfig(PRESETS[preset], decoder, mask, True))
 
 
 def theirs(preset: str) -> torch.nn.Module:
@@ -68,22 +76,21 @@ def theirs(preset: str) -> torch.nn.Module:
     return model
 
 
-def model_flops(preset: str, batch: int) -> float:
+def model_flops(preset: str, batch: int, fast: bool = False) -> float:
     """Matmul FLOPs of one training step (x3 = forward + backward)."""
-    enc, n = PRESETS[preset], (IMAGE // PATCH) ** 2
+    enc, n, d = PRESETS[preset], (IMAGE // PATCH) ** 2, DECODER.dim
     n_vis = n - int(round(n * RATIO))
 
     def layers(tokens, dim, depth):  # qkv + proj + mlp = 24 n d^2, attention scores and mix = 4 n^2 d
         return depth * (24 * tokens * dim**2 + 4 * tokens**2 * dim)
 
     patch_dim = PATCH * PATCH * 3
-    fwd = (
-        2 * n * patch_dim * enc.dim
-        + layers(n_vis, enc.dim, enc.depth)
-        + 2 * n_vis * enc.dim * DECODER.dim
-        + layers(n, DECODER.dim, DECODER.depth)
-        + 2 * n * DECODER.dim * patch_dim
-    )
+    fwd = 2 * n * patch_dim * enc.dim + layers(n_vis, enc.dim, enc.depth)
+    if fast:  # m queries: q, proj and mlp 20 m d^2; keys and values from the encoder 4 n_vis D d; scores 4 m n_vis d
+        m = round(n * FAST[1])
+        per_block = 20 * m * d**2 + 4 * (n_vis + 1) * enc.dim * d + 4 * m * (n_vis + 1) * d
+        return 3 * batch * (fwd + DECODER.depth * per_block + 2 * m * d * patch_dim)
+    fwd += 2 * n_vis * enc.dim * d + layers(n, d, DECODER.depth) + 2 * n * d * patch_dim
     return 3 * fwd * batch
 
 
@@ -104,6 +111,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(
         f"{'model':<8}{'batch':>6}{'ours/s':>10}{'HF/s':>10}{'ratio':>8}{'GFLOP/step':>12}{'ours %pk':>10}{'HF %pk':>9}"
+        f"{'fast/s':>9}{'fast/HF':>9}{'fast GFLOP':>12}"
     )
     for preset in args.models:
         batch = CONFIGS[preset]
@@ -111,6 +119,7 @@ def main():
         steps = {
             "ours": step_fn(ours(preset).train(), images, True),
             "hf": step_fn(theirs(preset).train(), images, False),
+            "fast": step_fn(ours(preset, fast=True).train(), images, True),
         }
         seconds = interleaved(steps, args.rounds, args.warmup)
         flops = model_flops(preset, batch)
@@ -119,6 +128,7 @@ def main():
         print(
             f"ViT-{preset[0].upper():<4}{batch:>6}{rate['ours']:>10.2f}{rate['hf']:>10.2f}"
             f"{rate['ours'] / rate['hf']:>8.2f}{flops / 1e9:>12.1f}{frac['ours']:>10.1%}{frac['hf']:>9.1%}"
+            f"{rate['fast']:>9.2f}{rate['fast'] / rate['hf']:>9.2f}{model_flops(preset, batch, True) / 1e9:>12.1f}"
         )
 
 

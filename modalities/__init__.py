@@ -13,6 +13,7 @@ import torch
 
 from foundations import adapter, checkpoint
 from foundations.grid import GridConfig
+from modalities import hub
 from modalities.audio.adapter import AudioAdapter
 from modalities.image.adapter import ImageAdapter
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
@@ -36,13 +37,27 @@ def build_adapter(config: dict, dim: int, version: int | None = None):
     return adapter.build_adapter(ADAPTERS, config, dim, version)
 
 
-def load_encoder(path, device: str | torch.device = "cpu"):
-    """A pretrained encoder of any modality, in one call: a directory this suite wrote
-    (``foundations.checkpoint.load_encoder`` with this registry), or another library's checkpoint
-    converted on the fly (``modalities.convert``: timm, MAE, Hugging Face ViTMAE)."""
-    from modalities.convert import convert, hugging_face_type  # imported here: it imports this module
+def is_foreign(path) -> bool:
+    """Whether ``path`` is another library's checkpoint (a weights file or a Hugging Face model
+    directory) rather than a directory this suite wrote."""
+    from modalities.convert import hugging_face_type  # imported here: it imports this module
 
     path = Path(path)
-    if not (path.is_file() or hugging_face_type(path)):
+    return path.is_file() or hugging_face_type(path) is not None
+
+
+def load_encoder(
+    path, device: str | torch.device = "cpu", *, modality: str | None = None, grey: bool = False, download: bool = False
+):
+    """A pretrained encoder of any modality, in one call: a directory this suite wrote
+    (``foundations.checkpoint.load_encoder`` with this registry), or another library's checkpoint
+    converted on the fly (``modalities.convert``: timm, MAE, Hugging Face ViTMAE / VideoMAE, VideoMAE,
+    AudioMAE) behind the adapter ``modality`` (default: the source's), its stem folded to one
+    channel with ``grey``. ``path`` may be a Hub id (``org/name``), read from the local Hugging Face
+    cache, or fetched into it with ``download``."""
+    from modalities.convert import convert
+
+    path = hub.resolve(path, download)
+    if not is_foreign(path):
         return checkpoint.load_encoder(path, ADAPTERS, device)
-    return convert(path).to(device)
+    return convert(path, modality=modality, grey=grey).to(device)

@@ -39,7 +39,16 @@ class RunOptions:
     )
     tokens: bool = field(default=False, metadata={"help": "--stage extract also saves every patch token"})
     encoder: str | None = field(
-        default=None, metadata={"help": "pretrained encoder folder to probe/fine-tune (default: OUT/encoder)"}
+        default=None,
+        metadata={
+            "help": "pretrained encoder to probe, fine-tune or (with --stage pretrain) continue pretraining: a folder "
+            "this suite wrote, or another library's checkpoint (MAE/timm .pth/.bin/.safetensors, a Hugging Face "
+            "directory or Hub id org/name), imported once into OUT/imported_encoder (default: OUT/encoder)"
+        },
+    )
+    download: bool = field(
+        default=False,
+        metadata={"help": "allow fetching an --encoder Hub id that is not in the local Hugging Face cache"},
     )
     resume: bool = field(default=False, metadata={"help": "continue each stage from its last checkpoint"})
     overwrite: bool = field(

@@ -4,6 +4,7 @@ held-out masked loss beside the adapter's trivial baselines, and the saved encod
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import torch
@@ -11,20 +12,26 @@ from accelerate.utils import send_to_device
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from foundations.checkpoint import load_state, save_pretrained
+from foundations.checkpoint import load_decoder, load_state, save_pretrained
 from foundations.files import replacing
-from foundations.mae import DECODER_PRESETS, MAEConfig, MaskedAutoencoder
+from foundations.mae import DECODER_PRESETS, DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import sample_generators
 from foundations.train import TrainConfig
-from foundations.vit import PRESETS, gather_tokens
+from foundations.vit import PRESETS, EncoderConfig, gather_tokens
 from modalities import ADAPTERS, build_adapter, load_encoder
 from modalities.common import DomainData
 from tasks.options import PretrainOptions
 from tasks.session import Session, check_encoder
 
+log = logging.getLogger(__name__)
 
-def model_config(opts: PretrainOptions, adapter: dict) -> MAEConfig:
-    """The modality's defaults (``Adapter.defaults``) with what the options set."""
+
+def model_config(
+    opts: PretrainOptions, adapter: dict, encoder: EncoderConfig | None = None, decoder: DecoderConfig | None = None
+) -> MAEConfig:
+    """The modality's defaults (``Adapter.defaults``) with what the options set: an encoder of
+    ``--preset``, or the given ``encoder`` (a saved one's, continued) with its saved ``decoder`` or
+    a fresh one sized as for the preset of its width (``DecoderConfig()`` for other widths)."""
     defaults = ADAPTERS[adapter["name"]][0].defaults
     mask = dataclasses.replace(
         defaults.mask,
@@ -32,9 +39,13 @@ def model_config(opts: PretrainOptions, adapter: dict) -> MAEConfig:
         ratio=opts.mask_ratio or defaults.mask.ratio,
         decode=opts.decode or defaults.mask.decode,
     )
-    encoder = dataclasses.replace(PRESETS[opts.preset], **defaults.encoder)
     norm_target = defaults.norm_target if opts.norm_pix is None else opts.norm_pix
-    return MAEConfig(encoder, DECODER_PRESETS[opts.preset], mask, norm_target)
+    if encoder is None:
+        encoder, decoder = dataclasses.replace(PRESETS[opts.preset], **defaults.encoder), DECODER_PRESETS[opts.preset]
+    else:
+        preset = next((name for name, p in PRESETS.items() if p.dim == encoder.dim), None)
+        decoder = decoder or (DECODER_PRESETS[preset] if preset else DecoderConfig())
+    return MAEConfig(encoder, decoder, mask, norm_target)
 
 
 def pretrain_steps(opts: PretrainOptions, batch_size: int, grad_accum: int, n_train: int, processes: int) -> int:
@@ -43,13 +54,25 @@ def pretrain_steps(opts: PretrainOptions, batch_size: int, grad_accum: int, n_tr
     return opts.epochs * max(1, n_train // (min(batch_size, n_train) * processes * grad_accum))
 
 
-def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
+def pretrain(session: Session, data: DomainData, opts: PretrainOptions, start: Path | None = None) -> dict:
+    """MAE pretraining from scratch, or continued from the saved encoder in ``start``: that encoder as
+    it was saved (its config and its adapter's: patch, normalisation, position table), not ``--preset``."""
     acc, out, run = session.acc, session.out, session.run
-    cfg = model_config(opts, data.adapter)
-    mae = MaskedAutoencoder(build_adapter(data.adapter, cfg.encoder.dim), cfg)
-    if run.encoder:  # continue pretraining from a saved encoder
-        check_encoder(Path(run.encoder), data.adapter)
-        load_state(mae.encoder, load_encoder(run.encoder).state_dict(), run.encoder)
+    saved = decoder = None
+    if start is not None:  # the saved encoder as it was, and the decoder saved beside it, if any
+        check_encoder(start, data.adapter)
+        saved = load_encoder(start)
+        decoder = load_decoder(start, saved)
+        preset = PRESETS[opts.preset]
+        if (preset.dim, preset.depth, preset.heads) != (saved.cfg.dim, saved.cfg.depth, saved.cfg.heads):
+            log.info("--preset %s ignored: %d blocks of width %d", opts.preset, saved.cfg.depth, saved.cfg.dim)
+        log.info("continuing from %s with %s", start, "its MAE decoder" if decoder else "a fresh decoder")
+    cfg = model_config(opts, data.adapter, saved and saved.cfg, decoder and decoder.cfg)
+    adapter = data.adapter if saved is None else saved.adapter.config_dict()
+    mae = MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+    for part, loaded in ((mae.encoder, saved), (mae.decoder, decoder)):
+        if loaded is not None:
+            load_state(part, loaded.state_dict(), start)
     train_loader = session.loader(data.pretrain, shuffle=True, batch_groups=data.batch_groups)
     steps = pretrain_steps(opts, run.batch_size, run.grad_accum, len(data.pretrain), acc.num_processes)
     train_cfg = TrainConfig(
@@ -87,10 +110,12 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions) -> dict:
         save_pretrained(
             mae.encoder,
             out / "encoder",
+            decoder=mae.decoder,  # kept so that pretraining can continue from here
             data_card=data.data_card,
             classes=data.classes,
             mask=dataclasses.asdict(cfg.mask),
             pretrain={"steps": res.steps, "loss": res.last_loss},
+            continued_from=None if saved is None else {"encoder": str(start), "source": saved.info.get("source")},
             preprocessing=data.preprocessing,
         )
     acc.wait_for_everyone()

@@ -8,6 +8,10 @@ A recipe parses its ``Options`` (``tasks.options``), builds its ``DomainData`` a
     all       the three in turn (the default)
     extract   features of every input        -> features.safetensors + features.json (rows named)
 
+``--encoder`` names the encoder the stages start from instead (pretraining continues it): a folder
+this suite wrote, or another library's checkpoint (a file, a Hugging Face directory or Hub id)
+imported once into ``imported_encoder/`` (``tasks.session.start_encoder``).
+
 The recipe chooses the later tasks (``classify.probe`` / ``classify.finetune``, voting, or
 ``segment.stages``). Every stage adds its figures to ``metrics.json`` as soon as it ends, so a
 later failure loses nothing; ``config.yaml`` holds the resolved options.
@@ -35,7 +39,7 @@ from tasks import classify
 from tasks.extract import extract
 from tasks.options import FinetuneOptions, Options
 from tasks.pretrain import model_config, pretrain
-from tasks.session import Session
+from tasks.session import Session, saved_config, start_encoder
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +91,16 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
     metrics = read_metrics(metrics_path)
     metrics.update({f"data/{k}": v for k, v in data.info.items()})
     metrics["run/processes"] = acc.num_processes
+    start, adapter, saved, saved_decoder = None, data.adapter, None, None  # the encoder to start from, ours
+    if opts.run.encoder:
+        start, found = start_encoder(acc, opts.run.encoder, opts.run.download, data.adapter, out)
+        saved, saved_decoder, adapter = saved_config(start)
+        metrics.update(found)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         # every option by its flag name (so the file works as --config), then what they resolved to
-        model = dataclasses.asdict(model_config(opts.pretrain, data.adapter))
-        config = {**opts.flat(), "adapter": data.adapter, "model": model}
+        model = dataclasses.asdict(model_config(opts.pretrain, data.adapter, saved, saved_decoder))
+        config = {**opts.flat(), "adapter": adapter, "model": model}
         write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
     acc.wait_for_everyone()
 
@@ -102,12 +111,12 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
 
     session = Session(acc, out, opts.run, opts.source.seed)
     chosen = opts.run.stages
-    encoder_dir = out / "encoder" if "pretrain" in chosen or not opts.run.encoder else Path(opts.run.encoder)
+    encoder_dir = out / "encoder" if "pretrain" in chosen or start is None else start
     # each stage starts from generators seeded by its name: a resume that finds a stage done and
     # skips it leaves the next one as it was
     if "pretrain" in chosen:
         set_seed(derive_seed(session.seed, "pretrain"))
-        save(pretrain(session, data, opts.pretrain))
+        save(pretrain(session, data, opts.pretrain, start))
     later = {"probe": classify.probe, "finetune": classify.finetune, "extract": extract, **(stages or {})}
     for name in ("probe", "finetune", "extract"):
         if name in chosen:

@@ -1,9 +1,10 @@
 """What the stages of one run share: the session (accelerator, run folder, run options, seed),
-batching and the check of a saved encoder."""
+batching, and the encoder a run starts from: checked against the recipe, imported when foreign."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,15 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Sampler
 
-from foundations.checkpoint import CheckpointError, read_config
+from foundations.checkpoint import CheckpointError, read_config, save_pretrained
+from foundations.mae import DecoderConfig
 from foundations.train import FitResult, Seeded, TrainConfig, fit
+from foundations.vit import EncoderConfig
+from modalities import hub, is_foreign
+from modalities.convert import import_checkpoint
 from tasks.options import RunOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,15 +80,82 @@ class GroupedBatchSampler(Sampler):
 
 
 def check_encoder(directory: Path, adapter: dict) -> None:
-    """The encoder in ``directory`` must exist and be of this recipe's modality and channel count."""
+    """The encoder in ``directory`` must exist and fit this recipe's adapter (``check_adapter``)."""
     if not (Path(directory) / "config.json").is_file():
         raise CheckpointError(
             f"{directory}: no pretrained encoder here; run --stage pretrain first or pass --encoder DIR"
         )
-    theirs = read_config(directory)["adapter"]
+    check_adapter(read_config(directory)["adapter"], adapter, directory)
+
+
+def check_adapter(theirs: dict, adapter: dict, source) -> None:
+    """An encoder's adapter config ``theirs`` must be of this recipe's modality and channel count
+    (the modality's adapter fixes the spatial axes); ``source`` names it in the error."""
     for key in ("name", "channels"):
         if theirs.get(key) != adapter.get(key):
             raise CheckpointError(
-                f"{directory}: encoder was trained with adapter {key}={theirs.get(key)!r}, "
+                f"{source}: encoder was trained with adapter {key}={theirs.get(key)!r}, "
                 f"this recipe needs {adapter.get(key)!r}"
             )
+
+
+def saved_config(directory) -> tuple[EncoderConfig, DecoderConfig | None, dict]:
+    """A saved encoder's config, its decoder's (None without one) and its adapter's, from its
+    config.json alone."""
+    config = read_config(directory)
+    try:
+        decoder = DecoderConfig(**config["decoder"]) if "decoder" in config else None
+        return EncoderConfig(**config["encoder"]), decoder, config["adapter"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(directory) / 'config.json'}: invalid encoder or decoder config ({e})") from None
+
+
+def start_encoder(acc: Accelerator, name: str, download: bool, adapter: dict, out: Path) -> tuple[Path, dict]:
+    """``--encoder`` as a directory of ours, checked against this recipe's ``adapter``, and what
+    ``metrics.json`` records of it. One of ours is used as it is; another library's checkpoint (a
+    file, a Hugging Face directory or Hub id) is imported once, by the main process, into
+    ``out/imported_encoder`` (``import_encoder``), which every stage then reads."""
+    if acc.is_main_process:
+        hub.resolve(name, download)  # the one process that may download
+    acc.wait_for_everyone()
+    path = hub.resolve(name)
+    if not is_foreign(path):
+        check_encoder(path, adapter)
+        return path, {}
+    target = out / "imported_encoder"
+    if acc.is_main_process:
+        import_encoder(path, adapter, target)
+    acc.wait_for_everyone()
+    return target, {"encoder/source": read_config(target)["source"]["kind"], "encoder/file": name}
+
+
+def import_encoder(path: Path, adapter: dict, target: Path) -> None:
+    """Import the checkpoint ``path`` behind this recipe's adapter (``modalities.convert``), with its
+    MAE decoder where it has one that fits, into ``target``; a 3-channel stem meets a grey recipe
+    folded into one."""
+    if "patch" not in adapter:
+        raise CheckpointError(f"{path}: a ViT over grid patches cannot read the {adapter['name']} recipe's inputs")
+    imported = import_checkpoint(path, modality=adapter["name"])
+    if imported.encoder.adapter.config.channels == 3 and adapter["channels"] == 1:
+        imported = import_checkpoint(path, modality=adapter["name"], grey=True)
+        log.info(
+            "%s: its 3-channel stem folded into 1 channel for grey inputs (modalities.convert --grey: exact on a grey "
+            "image repeated in 3 channels)",
+            path,
+        )
+    encoder = imported.encoder
+    check_adapter(encoder.adapter.config_dict(), adapter, path)
+    source, cfg = encoder.info["source"], encoder.cfg
+    guessed = ", guessed from the file" if source["guessed"] else ""
+    decoder = "with its MAE decoder" if imported.decoder is not None else f"no decoder ({imported.decoder_note})"
+    log.info(
+        "%s: %d blocks of width %d imported (source %s%s), %s, into %s",
+        path,
+        cfg.depth,
+        cfg.dim,
+        source["kind"],
+        guessed,
+        decoder,
+        target,
+    )
+    save_pretrained(encoder, target, decoder=imported.decoder, **encoder.info)
