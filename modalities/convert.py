@@ -10,9 +10,10 @@ One converter per source, chosen with ``--source`` (without it the source is gue
 file and the guess is printed). Each maps the source's names onto this encoder's, consumes every
 tensor or lists it as not imported (heads, decoders), and refuses what it cannot place.
 
-- ``timm``: a ``VisionTransformer`` state dict (``.safetensors``, ``.bin`` or ``.pth``); its names
-  are MAE's. ``mae``: the official MAE files, ``{"model": state dict}`` with the same names, of
-  pretraining (a final norm) or fine-tuning (``fc_norm`` on the mean of the tokens, no final norm).
+- ``timm``: a ``VisionTransformer`` state dict (``.safetensors``, ``.bin`` or ``.pth``), or a timm
+  model's Hub directory (its ``config.json`` gives input size, mean and std); its names are MAE's.
+- ``mae``: the official MAE files, ``{"model": state dict}`` with the same names, of pretraining
+  (a final norm) or fine-tuning (``fc_norm`` on the mean of the tokens, no final norm).
 - ``hf-vitmae`` / ``hf-videomae``: a Hugging Face ViTMAE / VideoMAE directory; ``query``/``key``/
   ``value`` are fused back into ``qkv`` (rows 0:D, D:2D, 2D:3D) and the LayerNorm epsilon comes
   from its config (1e-12). Video inputs here are (B, C, T, H, W); Hugging Face's are (B, T, C, H, W).
@@ -84,9 +85,11 @@ def load_raw(path: Path):
 
 
 def hugging_face_type(directory: Path) -> str | None:
-    """The ``model_type`` of a Hugging Face model directory; None for anything else."""
+    """The ``model_type`` of a Hugging Face model directory ("timm" for a timm model on the Hub,
+    whose config names its ``architecture``); None for anything else."""
     try:
-        return json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+        config = json.loads((Path(directory) / "config.json").read_text())
+        return config.get("model_type") or ("timm" if "architecture" in config else None)
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -139,10 +142,17 @@ def import_checkpoint(path, source=None, modality=None, heads=None, grey=False) 
     guessed = source is None
     # what each source leaves implicit: LayerNorm epsilon, input normalisation, the decoder's heads
     spec = {"eps": 1e-6, "mean_std": IMAGENET, "grid": None, "heads": heads, "decoder_heads": None}
-    if path.is_dir():
+    if path.is_dir() and hugging_face_type(path) == "timm" and source in (None, "timm"):  # timm on the Hub
+        source, state = "timm", state_dict(load_raw(hub_weights(path)), path)
+        pretrained = json.loads((path / "config.json").read_text()).get("pretrained_cfg", {})
+        spec["mean_std"] = {k: list(pretrained.get(k, IMAGENET[k])) for k in ("mean", "std")}
+        if "input_size" in pretrained and "patch_embed.proj.weight" in state:  # (C, H, W)
+            patch = state["patch_embed.proj.weight"].shape[2:]
+            spec["grid"] = tuple(s // p for s, p in zip(pretrained["input_size"][1:], patch, strict=True))
+    elif path.is_dir():
         model_type = hugging_face_type(path)
         if model_type not in HF_TYPES or source not in (None, HF_TYPES[model_type]):
-            want = f"a Hugging Face {source}" if source else "a Hugging Face ViTMAE or VideoMAE"
+            want = f"a Hugging Face {source}" if source else "a Hugging Face ViTMAE, VideoMAE or timm model"
             raise CheckpointError(f"{path}: a directory, but not {want} (model_type {model_type!r})")
         source = HF_TYPES[model_type]
         state, hf = hf_state(path)
@@ -376,10 +386,7 @@ def hf_state(path: Path) -> tuple[dict, dict]:
     """A ViTMAE or VideoMAE directory's encoder in timm names (heads and decoders under their own
     names), and its config."""
     hf = json.loads((path / "config.json").read_text())
-    files = [path / "model.safetensors", path / "pytorch_model.bin"]
-    weights = next((f for f in files if f.is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    weights = hub_weights(path)
     if hf.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"{path}: hidden_act {hf['hidden_act']!r}; this ViT has the exact GELU")
     out, qkv = {}, {}
@@ -407,6 +414,15 @@ def hf_state(path: Path) -> tuple[dict, dict]:
         dim = next(iter(parts.values())).shape[0]
         out[f"{blocks}.{i}.attn.qkv.{kind}"] = torch.cat([parts.get(j, torch.zeros(dim)) for j in range(3)])
     return out, hf
+
+
+def hub_weights(path: Path) -> Path:
+    """The weights file of a model directory as the Hub lays it out."""
+    files = [path / "model.safetensors", path / "pytorch_model.bin"]
+    weights = next((f for f in files if f.is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    return weights
 
 
 def hf_mean_std(path: Path) -> dict:

@@ -367,3 +367,18 @@ def test_imported_videomae_decoder_gives_the_source_loss_on_the_same_masked_clip
         theirs = hf(((x - MEAN[..., None]) / STD[..., None]).transpose(1, 2), bool_masked_pos=hidden).loss
         ours = mae.eval()(x, plan=plan_from_scores(-hidden.float(), 8)).loss
     assert abs(ours.item() - theirs.item()) < 1e-5 * theirs.item(), (ours.item(), theirs.item())  # 1.2e-6 measured
+
+
+def test_a_timm_model_directory_from_the_hub_imports_with_its_size_mean_and_std(tmp_path):
+    vit = timm_vit(img_size=(64, 32), embed_dim=192, num_heads=3)  # a non-square grid: its rows could not tell
+    (tmp_path / "timm").mkdir()
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, tmp_path / "timm" / "model.safetensors")
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    pretrained = {"input_size": [3, 64, 32], "mean": mean, "std": std}
+    config = {"architecture": "vit_tiny_patch16_64", "num_classes": 0, "pretrained_cfg": pretrained}
+    (tmp_path / "timm" / "config.json").write_text(json.dumps(config))
+    encoder = load_encoder(tmp_path / "timm")  # guessed: a timm directory
+    assert encoder.info["source"]["kind"] == "timm" and encoder.cfg.pos_grid == (4, 2)
+    x = torch.rand(2, 3, 64, 32)
+    with torch.no_grad():
+        assert_same(encoder(x).tokens, vit.forward_features((x - 0.5) / 0.5)[:, 1:])
