@@ -140,49 +140,13 @@ def import_checkpoint(path, source=None, modality=None, heads=None, grey=False) 
     if source is not None and source not in SOURCES:
         raise CheckpointError(f"{path}: unknown source {source!r}; one of {SOURCES}")
     guessed = source is None
-    # what each source leaves implicit: LayerNorm epsilon, input normalisation, the decoder's heads
-    spec = {"eps": 1e-6, "mean_std": IMAGENET, "grid": None, "heads": heads, "decoder_heads": None}
-    if path.is_dir() and hugging_face_type(path) == "timm" and source in (None, "timm"):  # timm on the Hub
-        source, state = "timm", state_dict(load_raw(hub_weights(path)), path)
-        pretrained = json.loads((path / "config.json").read_text()).get("pretrained_cfg", {})
-        spec["mean_std"] = {k: list(pretrained.get(k, IMAGENET[k])) for k in ("mean", "std")}
-        if "input_size" in pretrained and "patch_embed.proj.weight" in state:  # (C, H, W)
-            patch = state["patch_embed.proj.weight"].shape[2:]
-            spec["grid"] = tuple(s // p for s, p in zip(pretrained["input_size"][1:], patch, strict=True))
-    elif path.is_dir():
-        model_type = hugging_face_type(path)
-        if model_type not in HF_TYPES or source not in (None, HF_TYPES[model_type]):
-            want = f"a Hugging Face {source}" if source else "a Hugging Face ViTMAE, VideoMAE or timm model"
-            raise CheckpointError(f"{path}: a directory, but not {want} (model_type {model_type!r})")
-        source = HF_TYPES[model_type]
-        state, hf = hf_state(path)
-        side = hf.get("image_size", 224) // hf.get("patch_size", 16)
-        spec |= {
-            "eps": hf.get("layer_norm_eps", 1e-12),
-            "mean_std": hf_mean_std(path),
-            "grid": (side, side)
-            if source == "hf-vitmae"
-            else (hf.get("num_frames", 16) // hf.get("tubelet_size", 2), side, side),
-            "heads": hf["num_attention_heads"],
-            "decoder_heads": hf.get("decoder_num_attention_heads"),
-        }
-    else:
-        if source in HF_TYPES.values():
-            raise CheckpointError(f"{path}: --source {source} takes a directory (config.json + weights)")
-        raw = load_raw(path)
-        state = state_dict(raw, path)
-        source = source or guess_source(raw, state)
-        state = videomae_names(state) if source == "videomae" else dict(state)
-        # MAE's decoders have heads of width 32 (512 / 16), VideoMAE's of 64 (384 / 6)
-        spec["decoder_heads"] = ("decoder_embed.weight" in state or None) and (
-            state["decoder_embed.weight"].shape[0] // (64 if source == "videomae" else 32)
-        )
+    source, state, spec = read_source(path, source)
     skipped = []
     if source == "hf-videomae":  # its fc_norm (epsilon 1e-5 where the blocks have 1e-12) is the classifier's
         skipped = sorted(k for k in state if k.startswith("fc_norm."))
         state = {k: v for k, v in state.items() if k not in skipped}
     proj = state.get("patch_embed.proj.weight")
-    grid = spec["grid"]
+    grid = spec.get("grid")
     if source in ("videomae", "hf-videomae") and proj is not None:  # no table saved: its fixed sinusoid
         grid = grid or (16 // proj.shape[2], 224 // proj.shape[3], 224 // proj.shape[4])  # 16 frames of 224^2
         state["pos_embed"] = sinusoid_table(math.prod(grid), proj.shape[0])[None]
@@ -197,7 +161,8 @@ def import_checkpoint(path, source=None, modality=None, heads=None, grey=False) 
     adapter = {"name": modality or native, **spec["mean_std"]}
     if source == "audiomae":
         adapter["keep_last_axis"] = True  # this suite's audio features keep their frequency bands
-    encoder, left_out = vit_from_timm_names(state, path, adapter, spec["heads"], spec["eps"], grid, resize, grey)
+    heads = spec.get("heads") or heads
+    encoder, left_out = vit_from_timm_names(state, path, adapter, heads, spec["eps"], grid, resize, grey)
     encoder.info = {
         "source": {
             "kind": source,
@@ -207,11 +172,50 @@ def import_checkpoint(path, source=None, modality=None, heads=None, grey=False) 
         },
         "not_imported": sorted(skipped + left_out),
     }
-    decoder, note = decoder_from_names(state, encoder, spec["decoder_heads"], spec["eps"])
+    decoder, note = decoder_from_names(state, encoder, spec.get("decoder_heads"), spec["eps"])
     if decoder is not None:  # taken after all
         encoder.info["not_imported"] = [k for k in encoder.info["not_imported"] if not k.startswith(DECODER_KEYS)]
     encoder.info["decoder_import"] = note or "imported"
     return Imported(encoder, decoder, note)
+
+
+def read_source(path: Path, source: str | None) -> tuple[str, dict, dict]:
+    """(source, its state dict in timm names with decoders in MAE's, and what the source leaves
+    implicit: LayerNorm epsilon, input normalisation, the grid, heads of the encoder and decoder)."""
+    spec = {"eps": 1e-6, "mean_std": IMAGENET}
+    if path.is_dir() and hugging_face_type(path) == "timm" and source in (None, "timm"):  # timm on the Hub
+        state = state_dict(load_raw(hub_weights(path)), path)
+        pretrained = json.loads((path / "config.json").read_text()).get("pretrained_cfg", {})
+        spec["mean_std"] = {k: list(pretrained.get(k, IMAGENET[k])) for k in ("mean", "std")}
+        if "input_size" in pretrained and "patch_embed.proj.weight" in state:  # (C, H, W)
+            patch = state["patch_embed.proj.weight"].shape[2:]
+            spec["grid"] = tuple(s // p for s, p in zip(pretrained["input_size"][1:], patch, strict=True))
+        return "timm", state, spec
+    if path.is_dir():
+        model_type = hugging_face_type(path)
+        if model_type not in HF_TYPES or source not in (None, HF_TYPES[model_type]):
+            want = f"a Hugging Face {source}" if source else "a Hugging Face ViTMAE, VideoMAE or timm model"
+            raise CheckpointError(f"{path}: a directory, but not {want} (model_type {model_type!r})")
+        state, hf = hf_state(path)
+        side = hf.get("image_size", 224) // hf.get("patch_size", 16)
+        frames = hf.get("num_frames", 16) // hf.get("tubelet_size", 2)
+        spec |= {
+            "eps": hf.get("layer_norm_eps", 1e-12),
+            "mean_std": hf_mean_std(path),
+            "grid": (side, side) if model_type == "vit_mae" else (frames, side, side),
+            "heads": hf["num_attention_heads"],
+            "decoder_heads": hf.get("decoder_num_attention_heads"),
+        }
+        return HF_TYPES[model_type], state, spec
+    if source in HF_TYPES.values():
+        raise CheckpointError(f"{path}: --source {source} takes a directory (config.json + weights)")
+    raw = load_raw(path)
+    state = state_dict(raw, path)
+    source = source or guess_source(raw, state)
+    state = videomae_names(state) if source == "videomae" else dict(state)
+    if "decoder_embed.weight" in state:  # MAE's decoder heads are 32 wide (512 / 16), VideoMAE's 64 (384 / 6)
+        spec["decoder_heads"] = state["decoder_embed.weight"].shape[0] // (64 if source == "videomae" else 32)
+    return source, state, spec
 
 
 def decoder_from_names(state: dict, encoder: Encoder, heads: int | None, eps: float):

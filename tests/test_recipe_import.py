@@ -15,21 +15,8 @@ from tasks.session import import_encoder
 from tests.conftest import launch_recipe
 
 pytestmark = pytest.mark.e2e
-SMALL = [
-    "--image-size",
-    "64",
-    "--phantom-per-class",
-    "16",
-    "--batch-size",
-    "8",
-    "--probe-steps",
-    "20",
-    "--finetune-steps",
-    "4",
-    "--checkpoint-every",
-    "4",
-    "--no-probe-baselines",
-]
+SMALL = "--image-size 64 --phantom-per-class 16 --batch-size 8 --probe-steps 20 --finetune-steps 4".split()
+SMALL += ["--checkpoint-every", "4", "--no-probe-baselines"]
 
 
 @pytest.fixture(scope="module")
