@@ -225,7 +225,8 @@ def decoder_from_names(state: dict, encoder: Encoder, heads: int | None, eps: fl
     it does not fit this encoder)."""
     if "decoder_embed.weight" not in state:
         return None, "the checkpoint holds no decoder: a fresh one is trained"
-    need = ["mask_token", "decoder_blocks.0.attn.qkv.weight", "decoder_norm.weight", "decoder_pred.weight"]
+    need = ["mask_token", "decoder_blocks.0.attn.qkv.weight", "decoder_blocks.0.mlp.fc1.weight"]
+    need += ["decoder_norm.weight", "decoder_pred.weight"]
     if any(k not in state for k in need):
         return None, f"its decoder lacks {[k for k in need if k not in state]}: a fresh one is trained"
     dim = state["decoder_embed.weight"].shape[0]
@@ -262,7 +263,10 @@ def decoder_from_names(state: dict, encoder: Encoder, heads: int | None, eps: fl
     )
     adapter = encoder.adapter
     decoder = Decoder(encoder.cfg.dim, cfg, adapter.pos_embed, adapter.coord_dim, adapter.target_dim)
-    load_state(decoder, ours, "the checkpoint's decoder")
+    try:  # e.g. AudioMAE's released decoder, Swin blocks with relative positions
+        load_state(decoder, ours, "its decoder")
+    except CheckpointError as e:
+        return None, f"{e}: not MAE's decoder, a fresh one is trained"
     return decoder.eval(), ""
 
 

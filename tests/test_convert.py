@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from foundations.checkpoint import CheckpointError, load_decoder, save_pretrained
 from modalities import load_encoder
-from modalities.convert import IMAGENET, convert, main
+from modalities.convert import IMAGENET, convert, import_checkpoint, main
 
 MEAN, STD = torch.tensor(IMAGENET["mean"]).view(1, 3, 1, 1), torch.tensor(IMAGENET["std"]).view(1, 3, 1, 1)
 
@@ -251,8 +251,19 @@ def test_audiomae_file_imports_equal_at_1024_frames_and_another_length(tmp_path,
     # AudioMAE's encoder is timm's ViT on (1024 frames x 128 mel bins) with one channel
     kw = {"img_size": (1024, 128), "in_chans": 1, "fc_norm": fine_tuned}
     vit = timm_vit(**kw)
-    torch.save({"model": {k: v.contiguous() for k, v in vit.state_dict().items()}}, tmp_path / "audiomae.pth")
-    encoder = convert(tmp_path / "audiomae.pth", heads=2)
+    # AudioMAE's released decoder has Swin blocks (relative positions): not MAE's, left out
+    swin = {"decoder_embed.weight": torch.randn(32, 64), "mask_token": torch.zeros(1, 1, 32)}
+    swin |= {"decoder_blocks.0.attn.qkv.weight": torch.randn(96, 32), "decoder_norm.weight": torch.ones(32)}
+    swin |= {"decoder_blocks.0.mlp.fc1.weight": torch.randn(128, 32)}
+    swin |= {
+        "decoder_blocks.0.attn.relative_position_bias_table": torch.zeros(9, 2),
+        "decoder_pred.weight": torch.randn(256, 32),
+    }
+    state = {k: v.contiguous() for k, v in vit.state_dict().items()}
+    torch.save({"model": {**state, **swin}}, tmp_path / "audiomae.pth")
+    imported = import_checkpoint(tmp_path / "audiomae.pth", heads=2)
+    encoder = imported.encoder
+    assert imported.decoder is None and "not MAE's decoder" in imported.decoder_note
     assert encoder.info["source"]["kind"] == "audiomae" and encoder.cfg.pos_grid == (64, 8)
     assert encoder.adapter.name == "audio" and encoder.cfg.fc_norm is fine_tuned
     reference = timm_vit(dynamic_img_size=True, **kw)  # timm resizes the table for other lengths
@@ -304,7 +315,6 @@ def test_imported_decoder_gives_the_source_loss_on_the_same_masked_images(tmp_pa
 
     from foundations.mae import MAEConfig, MaskedAutoencoder
     from foundations.masking import MaskConfig, plan_from_scores
-    from modalities.convert import import_checkpoint
 
     cfg = transformers.ViTMAEConfig(
         hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, image_size=64,
@@ -345,7 +355,6 @@ def test_imported_videomae_decoder_gives_the_source_loss_on_the_same_masked_clip
 
     from foundations.mae import MAEConfig, MaskedAutoencoder
     from foundations.masking import MaskConfig, plan_from_scores
-    from modalities.convert import import_checkpoint
 
     cfg = transformers.VideoMAEConfig(
         hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, image_size=32,
@@ -366,7 +375,7 @@ def test_imported_videomae_decoder_gives_the_source_loss_on_the_same_masked_clip
     with torch.no_grad():
         theirs = hf(((x - MEAN[..., None]) / STD[..., None]).transpose(1, 2), bool_masked_pos=hidden).loss
         ours = mae.eval()(x, plan=plan_from_scores(-hidden.float(), 8)).loss
-    assert abs(ours.item() - theirs.item()) < 1e-5 * theirs.item(), (ours.item(), theirs.item())  # 1.2e-6 measured
+    assert abs(ours.item() - theirs.item()) < 1e-5 * theirs.item(), (ours.item(), theirs.item())  # 1.4e-6 measured
 
 
 def test_a_timm_model_directory_from_the_hub_imports_with_its_size_mean_and_std(tmp_path):
