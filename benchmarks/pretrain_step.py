@@ -12,7 +12,8 @@ All models run interleaved in one process (round-robin, same inputs, same thread
 noise hits both alike; the figure is the median over rounds. Model FLOPs count the matmuls of the
 MAE workload (patch embedding of every patch, encoder on visible tokens, decoder on all tokens,
 prediction of every token), x3 for forward and backward; the fraction is against this machine's
-fp32 matmul throughput measured in the same run.
+matmul throughput in the run's precision (``--precision bf16``: autocast on both sides), measured
+in the same run.
 """
 
 from __future__ import annotations
@@ -94,10 +95,10 @@ def model_flops(preset: str, batch: int, fast: bool = False) -> float:
     return 3 * fwd * batch
 
 
-def step_fn(model, images, is_ours: bool):
+def step_fn(model, images, is_ours: bool, bf16: bool):
     if is_ours:
-        return training_step(model, lambda: model(images).loss)
-    return training_step(model, lambda: model(pixel_values=images).loss)
+        return training_step(model, lambda: model(images).loss, bf16)
+    return training_step(model, lambda: model(pixel_values=images).loss, bf16)
 
 
 def main():
@@ -105,10 +106,13 @@ def main():
     p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; one step of each per round")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, both sides")
     args = p.parse_args()
     torch.manual_seed(0)
-    peak = matmul_peak()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    bf16 = args.precision == "bf16"
+    peak = matmul_peak(dtype=torch.bfloat16 if bf16 else torch.float32)
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads; {args.precision} matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(
         f"{'model':<8}{'batch':>6}{'ours/s':>10}{'HF/s':>10}{'ratio':>8}{'GFLOP/step':>12}{'ours %pk':>10}{'HF %pk':>9}"
         f"{'fast/s':>9}{'fast/HF':>9}{'fast GFLOP':>12}"
@@ -117,9 +121,9 @@ def main():
         batch = CONFIGS[preset]
         images = torch.rand(batch, 3, IMAGE, IMAGE)
         steps = {
-            "ours": step_fn(ours(preset).train(), images, True),
-            "hf": step_fn(theirs(preset).train(), images, False),
-            "fast": step_fn(ours(preset, fast=True).train(), images, True),
+            "ours": step_fn(ours(preset).train(), images, True, bf16),
+            "hf": step_fn(theirs(preset).train(), images, False, bf16),
+            "fast": step_fn(ours(preset, fast=True).train(), images, True, bf16),
         }
         seconds = interleaved(steps, args.rounds, args.warmup)
         flops = model_flops(preset, batch)

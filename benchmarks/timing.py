@@ -34,21 +34,25 @@ def interleaved(runs: dict[str, Callable], rounds: int, warmup: int = 1, sync=No
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """One forward, backward and AdamW update (MAE's betas and weight decay) per call."""
+def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], bf16: bool = False) -> Callable[[], None]:
+    """One forward, backward and AdamW update (MAE's betas and weight decay) per call; with
+    ``bf16`` the forward runs under bf16 autocast, as Accelerate's mixed precision runs it."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    device = next(model.parameters()).device.type
 
     def step():
-        loss().backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            value = loss()
+        value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     return step
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    """This CPU's fp32 matmul FLOP/s: the best of ``repeats`` square products."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
+    """This CPU's matmul FLOP/s in ``dtype``: the best of ``repeats`` square products."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     return 2 * size**3 / min(timed(lambda: a @ b) for _ in range(repeats))

@@ -26,6 +26,10 @@ STAGES = ("pretrain", "probe", "finetune", "extract")  # in the order they run
 RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options; ignored as --config
 
 
+class OptionError(ValueError):
+    """Options that contradict each other or the modality's defaults, found after parsing."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     out: str | None = field(default=None, metadata={"help": "output folder; default: runs/<recipe>"})
@@ -112,10 +116,27 @@ class PretrainOptions:
     norm_pix: bool | None = field(
         default=None, metadata={"help": "per-patch normalised targets (MAE's norm_pix_loss); default: the modality's"}
     )
+    decoder: str = field(
+        default="self",
+        metadata={
+            "choices": ("self", "cross", "cross-mix"),
+            "help": "MAE's decoder (self-attention over latents and queries), or CrossMAE's (each query attends to "
+            "the encoder's tokens only; cross-mix: each block to its own learned mix of the encoder's blocks)",
+        },
+    )
+    predict_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of all tokens the decoder reconstructs, drawn among the hidden ones (CrossMAE: 0.25 "
+            "of 0.75 hidden); default: every hidden token. The learning rate is not rescaled for it"
+        },
+    )
 
     def __post_init__(self):
         if self.max_steps < 1 or (self.epochs is not None and self.epochs < 1):
             raise ValueError("--max-steps and --epochs must be >= 1")
+        if self.predict_ratio is not None and not 0 < self.predict_ratio < 1:
+            raise ValueError(f"--predict-ratio must be in (0, 1), got {self.predict_ratio}")
 
 
 @dataclass(frozen=True)

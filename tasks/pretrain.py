@@ -20,7 +20,7 @@ from foundations.train import TrainConfig
 from foundations.vit import PRESETS, EncoderConfig, gather_tokens
 from modalities import ADAPTERS, build_adapter, load_encoder
 from modalities.common import DomainData
-from tasks.options import PretrainOptions
+from tasks.options import OptionError, PretrainOptions
 from tasks.session import Session, check_encoder
 
 log = logging.getLogger(__name__)
@@ -31,20 +31,27 @@ def model_config(
 ) -> MAEConfig:
     """The modality's defaults (``Adapter.defaults``) with what the options set: an encoder of
     ``--preset``, or the given ``encoder`` (a saved one's, continued) with its saved ``decoder`` or
-    a fresh one sized as for the preset of its width (``DecoderConfig()`` for other widths)."""
+    a fresh one sized as for the preset of its width (``DecoderConfig()`` for other widths), of the
+    kind ``--decoder`` names."""
     defaults = ADAPTERS[adapter["name"]][0].defaults
-    mask = dataclasses.replace(
-        defaults.mask,
-        strategy=opts.mask or defaults.mask.strategy,
-        ratio=opts.mask_ratio or defaults.mask.ratio,
-        decode=opts.decode or defaults.mask.decode,
-    )
+    try:  # e.g. a --predict-ratio above the modality's mask ratio
+        mask = dataclasses.replace(
+            defaults.mask,
+            strategy=opts.mask or defaults.mask.strategy,
+            ratio=opts.mask_ratio or defaults.mask.ratio,
+            decode=opts.decode or defaults.mask.decode,
+            predict_ratio=opts.predict_ratio,
+        )
+    except ValueError as e:
+        raise OptionError(f"options: {e}") from None
     norm_target = defaults.norm_target if opts.norm_pix is None else opts.norm_pix
     if encoder is None:
-        encoder, decoder = dataclasses.replace(PRESETS[opts.preset], **defaults.encoder), DECODER_PRESETS[opts.preset]
+        encoder, fresh = dataclasses.replace(PRESETS[opts.preset], **defaults.encoder), DECODER_PRESETS[opts.preset]
     else:
         preset = next((name for name, p in PRESETS.items() if p.dim == encoder.dim), None)
-        decoder = decoder or (DECODER_PRESETS[preset] if preset else DecoderConfig())
+        fresh = DECODER_PRESETS[preset] if preset else DecoderConfig()
+    if decoder is None:  # a fresh one of the kind --decoder names (a saved decoder continues as it was)
+        decoder = dataclasses.replace(fresh, kind=opts.decoder.removesuffix("-mix"), mix=opts.decoder == "cross-mix")
     return MAEConfig(encoder, decoder, mask, norm_target)
 
 

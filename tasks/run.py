@@ -37,7 +37,7 @@ from foundations.train import NonFiniteLossError, derive_seed, make_accelerator
 from modalities.common import DataError, DomainData
 from tasks import classify
 from tasks.extract import extract
-from tasks.options import FinetuneOptions, Options
+from tasks.options import FinetuneOptions, OptionError, Options
 from tasks.pretrain import model_config, pretrain
 from tasks.session import Session, saved_config, start_encoder
 
@@ -48,9 +48,9 @@ Stage = Callable[[Session, DomainData, Path, FinetuneOptions], dict]
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a recipe; bad data, checkpoints or a diverging loss end with one clear line, exit code 2.
-    Our packages' log lines (files resampled, skipped, set aside) go to stderr, from the first
-    process only below warnings; other libraries keep their own levels."""
+    """Run a recipe; bad data, checkpoints, contradicting options or a diverging loss end with one
+    clear line, exit code 2. Our packages' log lines (files resampled, skipped, set aside) go to
+    stderr, from the first process only below warnings; other libraries keep their own levels."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("foundations", "modalities", "tasks"):
@@ -59,7 +59,7 @@ def run_main(main: Callable[[], None]) -> None:
         logger.addHandler(handler)
     try:
         main()
-    except (DataError, CheckpointError, NonFiniteLossError) as e:
+    except (DataError, CheckpointError, NonFiniteLossError, OptionError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

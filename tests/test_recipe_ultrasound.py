@@ -102,6 +102,20 @@ def test_probe_and_finetune_from_a_saved_encoder(tmp_path):
     assert "finetune/balanced_accuracy" in metrics and "pretrain/loss_first" not in metrics
 
 
+def test_crossmae_decoder_predicting_a_quarter_trains_and_continues_with_its_saved_decoder(tmp_path):
+    args = [*SMALL, "--stage", "pretrain", "--max-steps", "4"]
+    launch(*args, "--decoder", "cross-mix", "--predict-ratio", "0.25", "--out", tmp_path / "pre", direct=True)
+    model = yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())["model"]
+    assert (model["decoder"]["kind"], model["decoder"]["mix"], model["mask"]["predict_ratio"]) == ("cross", True, 0.25)
+    saved = json.loads((tmp_path / "pre" / "encoder" / "config.json").read_text())["decoder"]
+    assert (saved["kind"], saved["mix"]) == ("cross", True)
+    # continued without --decoder: the saved cross decoder goes on, weights and all
+    proc = launch(*args, "--encoder", tmp_path / "pre" / "encoder", "--out", tmp_path / "more", direct=True)
+    assert "with its MAE decoder" in proc.stderr
+    again = json.loads((tmp_path / "more" / "encoder" / "config.json").read_text())["decoder"]
+    assert again == saved
+
+
 def write_images(folder: Path, classes=("a", "b"), n=4, size=40):
     for cls in classes:
         (folder / cls).mkdir(parents=True, exist_ok=True)
@@ -119,6 +133,7 @@ def write_images(folder: Path, classes=("a", "b"), n=4, size=40):
         ("corrupt", "broken.png: cannot read image"),
         ("missing_encoder", "no pretrained encoder here"),
         ("wrong_encoder", "encoder was trained with adapter channels=3"),
+        ("predict_ratio", "options: MaskConfig.predict_ratio must be in (0, ratio=0.75]"),
     ],
 )
 def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
@@ -130,6 +145,9 @@ def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
     elif case == "corrupt":
         write_images(data)
         (data / "a" / "broken.png").write_bytes(b"not a png")
+    elif case == "predict_ratio":  # more than the hidden tokens
+        write_images(data)
+        args += ["--predict-ratio", "0.9"]
     elif case in ("missing_encoder", "wrong_encoder"):
         write_images(data)
         args += ["--stage", "probe", "--encoder", str(tmp_path / "enc")]
