@@ -38,6 +38,11 @@ class Tokens(NamedTuple):
     coords: torch.Tensor  # (B, N, k) float
 
 
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x: (B, N, C), ids: (B, M) -> (B, M, C)."""
+    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class Targets(NamedTuple):
     values: torch.Tensor  # (B, N, P)
     weights: torch.Tensor | None  # (B, N, P) in [0, 1], or None = all ones
@@ -73,7 +78,13 @@ class Adapter(nn.Module):
     def tokenize(self, x):
         return x
 
-    def embed(self, x) -> Tokens:
+    def coords(self, x) -> torch.Tensor:
+        """(B, N, k) coordinates of every token of ``x``, before any embedding (masks are drawn on them)."""
+        return self.embed(x).coords
+
+    def embed(self, x, ids: torch.Tensor | None = None) -> Tokens:
+        """Tokens of ``x`` (B, N, D), or with ``ids`` (B, M) only those (B, M, D), which a modality
+        may embed alone (the visible ones, cheaper); coords always of every token (B, N, k)."""
         raise NotImplementedError
 
     def targets(self, x, valid: torch.Tensor | None = None) -> Targets:

@@ -167,8 +167,9 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.adapter
 
     def forward_encoder(self, x, generator=None, plan: MaskPlan | None = None):
-        tokens, coords = self.adapter.embed(x)  # (B, N, D), (B, N, k)
+        coords = self.adapter.coords(x)  # (B, N, k)
         plan = plan or make_mask(self.cfg.mask, coords, generator)
+        tokens = self.adapter.embed(x, plan.ids_keep).tokens  # (B, Nv, D): the visible tokens only
         if not self.cfg.decoder.mix:
             return self.encoder.forward_tokens(tokens, coords, plan.ids_keep), coords, plan  # (B, p + Nv, D)
         stages = dict.fromkeys(range(self.cfg.encoder.depth))  # 0: the blocks' input, then blocks 1 to depth - 1

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -38,6 +40,8 @@ from tqdm.auto import tqdm
 from foundations.checkpoint import CheckpointError, load_training_state, save_training_state
 from foundations.files import write_text
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -53,6 +57,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    compile: str | None = None  # torch.compile the model in place with this backend ("inductor"); None: eager
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -71,6 +76,30 @@ class FitResult(NamedTuple):
     first_loss: float
     last_loss: float
     steps: int
+
+
+def compile_quietly(model: torch.nn.Module, **options) -> torch.nn.Module:
+    """``model.compile(**options)`` in place (its state dict keeps its names), with TorchDynamo told to
+    run any graph it cannot compile eagerly instead of failing (``suppress_errors``): compiling is
+    an optimisation, never a reason for a run to stop."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    model.compile(**options)
+    return model
+
+
+DATA_WAIT_WARN = 0.2  # the share of time waiting for data past which a run says so
+
+
+def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX-BF16 among its flags (Linux's
+    ``cpuinfo``). Elsewhere bf16 matmuls are emulated and slower than fp32."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, seed: int = 0) -> Accelerator:
@@ -185,6 +214,8 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda s, k=k: k * cosine_schedule(s, cfg) for k in scales]
     )
+    if cfg.compile:
+        compile_quietly(model, backend=cfg.compile)
     # one stage's objects only: what save_state writes must be what a later resume of this stage loads
     acc.free_memory()
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
@@ -229,6 +260,7 @@ def fit(
     running, n_running, t0, last_loss = 0.0, 0, time.perf_counter(), float("nan")
     waited, t_log, t_asked = 0.0, t0, t0  # seconds spent waiting for batches since the last record
     step_sum, step_n = 0.0, 0  # this optimizer step's micro-batch losses
+    warned = False  # about waiting for data
     model.train()
     while step < cfg.max_steps:
         set_epoch(loader, epoch)
@@ -275,6 +307,14 @@ def fit(
                 last_loss, running, n_running = mean, 0.0, 0
                 now = time.perf_counter()
                 data_wait, waited, t_log = waited / max(now - t_log, 1e-9), 0.0, now
+                if data_wait > DATA_WAIT_WARN and not warned:
+                    warned = True  # once a stage
+                    logger.warning(
+                        "[%s] %.0f%% of the time since the last record went waiting for data: more --workers "
+                        "(or faster storage) would speed this run up",
+                        stage,
+                        100 * data_wait,
+                    )
                 record = {
                     "stage": stage,
                     "step": step,

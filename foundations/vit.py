@@ -18,6 +18,7 @@ from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from foundations.adapter import gather_tokens
 from foundations.pos_embed import RESIZE, PosEmbed
 
 POOLS = ("mean", "avg", "max", "cls", "cls+max")
@@ -130,11 +131,6 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """x: (B, N, C), ids: (B, M) -> (B, M, C)."""
-    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 class EncoderOutput(NamedTuple):
     features: torch.Tensor  # (B, feature_dim): the tokens pooled as EncoderConfig.pool says
     tokens: torch.Tensor  # (B, N, D): patch tokens after the final norm, if any (no cls)
@@ -172,10 +168,11 @@ class Encoder(nn.Module):
         return dims.get(self.cfg.pool, self.cfg.dim)
 
     def forward_tokens(self, tokens, coords, ids_keep=None, hidden=None) -> torch.Tensor:
-        """tokens: (B, N, D), coords: (B, N, k), ids_keep: (B, Nv) or None
-        -> (B, n_prefix + Nv, D) normed (unless final_norm is off), cls first when present.
-        ``hidden``: see ``run_blocks``."""
-        x = tokens if ids_keep is None else gather_tokens(tokens, ids_keep)
+        """tokens: (B, N, D), or (B, Nv, D) those of ids_keep already; coords: (B, N, k), ids_keep:
+        (B, Nv) or None -> (B, n_prefix + Nv, D) normed (unless final_norm is off), cls first when
+        present. ``hidden``: see ``run_blocks``."""
+        gathered = ids_keep is None or tokens.shape[1] == ids_keep.shape[1]  # some token is always hidden
+        x = tokens if gathered else gather_tokens(tokens, ids_keep)
         x = x + self.pos_embed(coords, ids_keep).to(x.dtype)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)

@@ -67,6 +67,9 @@ class RunOptions:
     checkpoint_every: int = field(default=100, metadata={"help": "optimizer steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl records"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the models; what cannot be compiled runs as it is"}
+    )
 
     @property
     def stages(self) -> tuple[str, ...]:

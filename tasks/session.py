@@ -47,7 +47,9 @@ class Session:
 
     def fit(self, model, loader, loss_fn: Callable, cfg: TrainConfig, stage: str, **kwargs) -> FitResult:
         """``foundations.train.fit`` in this run's folder, with its seed, --resume and --overwrite."""
-        cfg = dataclasses.replace(cfg, seed=self.seed, log_every=self.run.log_every)
+        cfg = dataclasses.replace(
+            cfg, seed=self.seed, log_every=self.run.log_every, compile="inductor" if self.run.compile else None
+        )
         run = self.run
         return fit(
             model, loader, loss_fn, cfg, self.acc, self.out, stage, resume=run.resume, overwrite=run.overwrite, **kwargs

@@ -76,3 +76,22 @@ def test_valid_mask__weights_follow_the_element_mask_per_channel():
     valid[..., :2, :2] = 1  # the first patch only
     weights = adapter.targets(torch.rand(1, 2, 4, 4), valid).weights
     assert weights[0, 0].eq(1).all() and weights[0, 1:].eq(0).all()
+
+
+@pytest.mark.parametrize(
+    "fields,shape",
+    [
+        ({"channels": 3, "patch": (8, 8), "size": (32, 32), "mean": (0.4, 0.5, 0.6)}, (2, 3, 32, 24)),
+        ({"patch": (4, 8, 8), "size": (8, 16, 16), "coords": "spacing"}, (2, 1, 8, 16, 24)),
+    ],
+)
+def test_embed__the_visible_patches_alone_are_the_full_embedding_gathered(fields, shape):
+    adapter = grid(**fields)
+    image = torch.rand(shape)
+    x = {"image": image, "spacing": torch.tensor([[1.0, 0.5, 2.0]] * 2)} if "coords" in fields else image
+    full = adapter.embed(x)
+    ids = torch.stack([torch.randperm(full.tokens.shape[1])[:5] for _ in range(2)])  # (B, 5)
+    visible = adapter.embed(x, ids)
+    assert visible.tokens.shape == (2, 5, 32) and torch.equal(visible.coords, full.coords)
+    torch.testing.assert_close(visible.tokens, full.tokens.gather(1, ids[..., None].expand(-1, -1, 32)))
+    torch.testing.assert_close(adapter.coords(x), full.coords)

@@ -212,6 +212,18 @@ def test_adapter__embed_and_targets_read_one_explicit_tokenization():
         adapter.tokenize(torch.rand(2, 128, 6))
 
 
+def test_adapter__visible_groups_alone_embed_as_all_then_gathered():
+    # the mini-PointNet's LayerNorms see one group at a time: in training too (Point-MAE's BatchNorm
+    # would take its statistics over the visible groups only)
+    adapter = PointCloudAdapter(PointCloudConfig(n_points=128, n_groups=8, group_size=16), 32).train()
+    patches = adapter.tokenize(torch.rand(4, 128, 3))
+    ids = torch.stack([torch.randperm(8)[:3] for _ in range(4)])
+    gathered = lambda t: t.gather(1, ids[..., None].expand(-1, -1, 32))  # noqa: E731
+    visible = adapter.embed(patches, ids)
+    assert visible.tokens.shape == (4, 3, 32) and torch.equal(visible.coords, patches.centres)
+    torch.testing.assert_close(visible.tokens, gathered(adapter.embed(patches).tokens))
+
+
 def test_adapter__baseline_is_the_group_centre():
     adapter = PointCloudAdapter(PointCloudConfig(n_points=64, n_groups=4, group_size=8), 32)
     target = adapter.targets(torch.rand(1, 64, 3)).values

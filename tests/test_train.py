@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import time
 
@@ -12,6 +13,7 @@ from foundations.train import (
     Seeded,
     TrainConfig,
     checkpoints,
+    compile_quietly,
     cosine_schedule,
     fit,
     make_accelerator,
@@ -262,10 +264,11 @@ class Slow(torch.utils.data.Dataset):
         return self.data[i]
 
 
-def test_fit__the_log_records_the_share_of_time_spent_waiting_for_data(tmp_path):
+def test_fit__the_log_records_the_share_of_time_spent_waiting_for_data(tmp_path, caplog):
     cfg = TrainConfig(max_steps=4, batch_size=32, warmup_steps=1, checkpoint_every=100, log_every=2)
-    shares = []
+    shares, warnings = [], []
     for delay in (0.0, 0.002):  # a step takes 10 ms; batches take next to nothing, then 64 ms
+        caplog.clear()
         out = tmp_path / str(delay)
         fit(
             model(),
@@ -277,5 +280,33 @@ def test_fit__the_log_records_the_share_of_time_spent_waiting_for_data(tmp_path)
             "t",
         )
         shares.append(max(json.loads(line)["data_wait"] for line in (out / "log.jsonl").read_text().splitlines()))
+        warnings.append([r.message for r in caplog.records if "waiting for data" in r.message])
     print(f"data_wait without and with a slow loader: {shares}")
     assert shares[0] < 0.4 and 0.75 < shares[1] <= 1.0
+    assert len(warnings[1]) == 1 and "more --workers" in warnings[1][0]  # said once, not at every record
+    assert warnings[0] == [] or shares[0] > 0.2
+
+
+def test_compile_quietly__a_graph_that_cannot_compile_runs_eagerly():
+    def broken(graph, example_inputs):  # a compiler backend that fails, as a missing C++ toolchain does
+        raise RuntimeError("no compiler here")
+
+    x = torch.randn(4, 8)
+    eager = model()(x)
+    compiled = compile_quietly(model(), backend=broken)
+    assert torch.equal(compiled(x), eager)  # ran eagerly, no error
+    assert list(compiled.state_dict()) == list(model().state_dict())  # compiled in place: names unchanged
+    traced = compile_quietly(model(), backend="eager")  # TorchDynamo traces, nothing is generated
+    torch.testing.assert_close(traced(x), eager)
+
+
+def test_fit__with_compile_trains_as_without(tmp_path):
+    cfg = TrainConfig(max_steps=4, batch_size=32, warmup_steps=1, checkpoint_every=100)
+    results, models = [], [model(), model()]
+    for backend, m in zip((None, "eager"), models, strict=True):  # "eager": TorchDynamo captures, no code generation
+        run = dataclasses.replace(cfg, compile=backend)
+        results.append(
+            fit(m, DataLoader(problem(), 32), mse, run, make_accelerator("no"), tmp_path / str(backend), "t")
+        )
+    assert models[0]._compiled_call_impl is None and models[1]._compiled_call_impl is not None  # compiled in place
+    assert abs(results[0].last_loss - results[1].last_loss) < 1e-4 * abs(results[0].last_loss), results

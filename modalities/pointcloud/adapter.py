@@ -101,9 +101,18 @@ class PointCloudAdapter(Adapter):
         with torch.no_grad():
             return group_points(x.float(), self.config.n_groups, self.config.group_size)
 
-    def embed(self, x) -> Tokens:
+    def coords(self, x) -> torch.Tensor:
+        return self.tokenize(x).centres
+
+    def embed(self, x, ids: torch.Tensor | None = None) -> Tokens:
+        """With ``ids``, the mini-PointNet embeds those groups only (the visible ones: about half of
+        Point-MAE's step embeds groups the encoder never sees); its LayerNorms see one group at a
+        time, so this is exactly the full embedding gathered, in training too."""
         p = self.tokenize(x)
-        return Tokens(self.pointnet(p.neighbourhoods), p.centres)
+        groups = p.neighbourhoods  # (B, G, k, 3)
+        if ids is not None:
+            groups = groups.gather(1, ids[..., None, None].expand(-1, -1, *groups.shape[2:]))
+        return Tokens(self.pointnet(groups), p.centres)
 
     def targets(self, x, valid=None) -> Targets:
         return Targets(self.tokenize(x).neighbourhoods.flatten(2), None)  # (B, G, k*3)
