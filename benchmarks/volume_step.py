@@ -8,7 +8,10 @@ layers, 12 heads, MLP 3072, mask 0.75; decoder 384 wide, 4 layers, 12 heads, MLP
 (MONAI's default decoder width and depth; MONAI's default MLP of 512 is raised to the ViT-B
 ratio so that both run the same network). Loss: MSE on the hidden patches for both.
 
-Both run interleaved in one process (round-robin, same inputs, same threads); samples/s is the
+A third model is this core's fast configuration: CrossMAE's decoder of the same width and depth
+(each block reading a learned mix of the encoder's blocks) predicting a quarter of the patches.
+
+All run interleaved in one process (round-robin, same inputs, same threads); samples/s is the
 median over rounds. Memory: on a GPU the peak allocated per step; on a CPU, which has no
 allocator statistics, the activations saved for backward (parameters excluded, each storage
 counted once) plus parameters, gradients and AdamW's two moments.
@@ -31,11 +34,16 @@ from modalities.volume.adapter import VolumeAdapter, volume_config
 SIZE, PATCH, RATIO = 96, 16, 0.75
 ENCODER = EncoderConfig(dim=768, depth=12, heads=12, mlp_ratio=4.0)
 DECODER = DecoderConfig(dim=384, depth=4, heads=12, mlp_ratio=4.0)
+FAST_PREDICT = 0.25  # the fast configuration's predict_ratio
 
 
-def ours(enc: EncoderConfig, dec: DecoderConfig) -> torch.nn.Module:
+def ours(enc: EncoderConfig, dec: DecoderConfig, fast: bool = False) -> torch.nn.Module:
+    """This core; ``fast``: CrossMAE's decoder (same width and depth) predicting a quarter of the patches."""
     adapter = VolumeAdapter(volume_config(1, [PATCH] * 3, [SIZE] * 3), enc.dim)
-    return MaskedAutoencoder(adapter, MAEConfig(enc, dec, MaskConfig("random", RATIO), norm_target=False))
+    if fast:
+        dec = dataclasses.replace(dec, kind="cross", mix=True)
+    mask = MaskConfig("random", RATIO, predict_ratio=FAST_PREDICT if fast else None)
+    return MaskedAutoencoder(adapter, MAEConfig(enc, dec, mask, norm_target=False))
 
 
 def theirs(enc: EncoderConfig, dec: DecoderConfig) -> torch.nn.Module:
@@ -57,10 +65,11 @@ def theirs(enc: EncoderConfig, dec: DecoderConfig) -> torch.nn.Module:
     )
 
 
-def model_flops(batch: int, enc: EncoderConfig, dec: DecoderConfig) -> float:
-    """Matmul FLOPs of one training step of this core (x3 for forward and backward, less the
-    input gradient of the patch embedding): every patch embedded, the encoder on the visible
-    tokens, the decoder on all tokens, predictions for the hidden ones."""
+def model_flops(batch: int, enc: EncoderConfig, dec: DecoderConfig, who: str) -> float:
+    """Matmul FLOPs of one training step (x3 for forward and backward, less the input gradient of
+    the patch embedding). ours: the visible patches embedded, the encoder on them, the decoder on
+    all tokens, predictions for the hidden ones; monai: every patch embedded and predicted; fast:
+    as ours, with a cross decoder whose m queries read the visible tokens."""
     n = (SIZE // PATCH) ** 3
     n_vis = n - int(round(n * RATIO))
     patch_dim = PATCH**3
@@ -68,14 +77,16 @@ def model_flops(batch: int, enc: EncoderConfig, dec: DecoderConfig) -> float:
     def layers(tokens, dim, depth, mlp_ratio):  # qkv + proj = 8 n d^2, mlp = 4 r n d^2, attention 4 n^2 d
         return depth * ((8 + 4 * mlp_ratio) * tokens * dim**2 + 4 * tokens**2 * dim)
 
-    embed = 2 * n * patch_dim * enc.dim
-    fwd = (
-        embed
-        + layers(n_vis, enc.dim, enc.depth, enc.mlp_ratio)
-        + 2 * n_vis * enc.dim * dec.dim
-        + layers(n, dec.dim, dec.depth, dec.mlp_ratio)
-        + 2 * (n - n_vis) * dec.dim * patch_dim
-    )
+    embed = 2 * (n if who == "monai" else n_vis) * patch_dim * enc.dim
+    fwd = embed + layers(n_vis, enc.dim, enc.depth, enc.mlp_ratio)
+    if who == "fast":
+        m = round(n * FAST_PREDICT)  # q, proj, mlp on the queries; keys and values from the encoder; scores
+        per_block = (4 + 4 * dec.mlp_ratio) * m * dec.dim**2 + 4 * n_vis * enc.dim * dec.dim + 4 * m * n_vis * dec.dim
+        fwd += dec.depth * per_block + 2 * m * dec.dim * patch_dim
+    else:
+        predicted = n if who == "monai" else n - n_vis
+        fwd += 2 * n_vis * enc.dim * dec.dim + layers(n, dec.dim, dec.depth, dec.mlp_ratio)
+        fwd += 2 * predicted * dec.dim * patch_dim
     return (3 * fwd - embed) * batch
 
 
@@ -143,31 +154,38 @@ def main():
         "image": torch.rand(args.batch, 1, SIZE, SIZE, SIZE, device=device),
         "spacing": torch.ones(args.batch, 3, device=device),
     }
-    models = {"ours": ours(enc, dec).to(device).train(), "monai": theirs(enc, dec).to(device).train()}
+    models = {"ours": ours(enc, dec), "monai": theirs(enc, dec), "fast": ours(enc, dec, fast=True)}
+    models = {k: m.to(device).train() for k, m in models.items()}
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
-    memory = {k: memory_bytes(m, batch, k == "ours", device) for k, m in models.items()}
-    steps = {k: step_fn(m, batch, k == "ours") for k, m in models.items()}
+    memory = {k: memory_bytes(m, batch, k != "monai", device) for k, m in models.items()}
+    steps = {k: step_fn(m, batch, k != "monai") for k, m in models.items()}
     seconds = interleaved(steps, args.rounds, args.warmup, torch.cuda.synchronize if device.type == "cuda" else None)
     rate = {k: args.batch / s for k, s in seconds.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     kind = "allocator peak" if device.type == "cuda" else "saved activations + 4 x params"
     print(f"torch {torch.__version__}, {where}; batch {args.batch}, {SIZE}^3, patch {PATCH}^3, mask {RATIO}")
+    flops = {k: model_flops(args.batch, enc, dec, k) for k in models}
     if device.type == "cpu":
-        peak, flops = matmul_peak(), model_flops(args.batch, enc, dec)
-        step_s = seconds["ours"]
+        peak, step_s = matmul_peak(), seconds["ours"]
         print(
-            f"ours: {flops / 1e9:.0f} GFLOP/step at {flops / step_s / 1e9:.0f} GFLOP/s = {flops / step_s / peak:.0%} "
-            f"of this CPU's fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s): the most any implementation of "
-            f"these FLOPs could gain is {peak * step_s / flops:.2f}x"
+            f"ours: {flops['ours'] / 1e9:.0f} GFLOP/step at {flops['ours'] / step_s / 1e9:.0f} GFLOP/s = "
+            f"{flops['ours'] / step_s / peak:.0%} of this CPU's fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s): the "
+            f"most any implementation of these FLOPs could gain is {peak * step_s / flops['ours']:.2f}x"
         )
-    print(f"{'model':<8}{'params M':>10}{'samples/s':>11}{'activ MiB':>11}{'peak MiB':>10}   (peak: {kind})")
+    print(
+        f"{'model':<8}{'params M':>10}{'GFLOP':>8}{'samples/s':>11}{'activ MiB':>11}{'peak MiB':>10}   (peak: {kind})"
+    )
     for k in models:
         act, peak = memory[k]
-        print(f"{k:<8}{n_params[k] / 1e6:>10.1f}{rate[k]:>11.2f}{act / 2**20:>11.0f}{peak / 2**20:>10.0f}")
+        print(
+            f"{k:<8}{n_params[k] / 1e6:>10.1f}{flops[k] / 1e9:>8.0f}{rate[k]:>11.2f}{act / 2**20:>11.0f}"
+            f"{peak / 2**20:>10.0f}"
+        )
     ratio = {i: memory["ours"][i] / memory["monai"][i] for i in (0, 1)}
     print(
         f"ours/monai: speed {rate['ours'] / rate['monai']:.2f}x, "
-        f"activation memory {ratio[0]:.2f}x, peak memory {ratio[1]:.2f}x"
+        f"activation memory {ratio[0]:.2f}x, peak memory {ratio[1]:.2f}x; fast/monai: speed "
+        f"{rate['fast'] / rate['monai']:.2f}x"
     )
 
 

@@ -17,6 +17,7 @@ from foundations.train import (
     cosine_schedule,
     fit,
     make_accelerator,
+    native_bf16,
 )
 from tests.conftest import assert_no_pickle
 
@@ -310,3 +311,10 @@ def test_fit__with_compile_trains_as_without(tmp_path):
         )
     assert models[0]._compiled_call_impl is None and models[1]._compiled_call_impl is not None  # compiled in place
     assert abs(results[0].last_loss - results[1].last_loss) < 1e-4 * abs(results[0].last_loss), results
+
+
+def test_native_bf16__read_from_the_cpu_flags(tmp_path):
+    (tmp_path / "amx").write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    (tmp_path / "avx2").write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert native_bf16(tmp_path / "amx") and not native_bf16(tmp_path / "avx2")
+    assert not native_bf16(tmp_path / "missing")  # no such file (not Linux): fp32
