@@ -34,7 +34,7 @@ def predict(model, dataset, session: Session, key: str = "logits"):
     """Run ``model`` over ``dataset`` on every process; gathered outputs and labels."""
     acc, run = session.acc, session.run
     model.eval()
-    dl = acc.prepare(DataLoader(dataset, batch_size=run.batch_size, num_workers=run.workers))
+    dl = acc.prepare(DataLoader(dataset, batch_size=run.batch_size, **session.loader_options()))
     outs, labels = [], []
     for batch in dl:
         o = getattr(model(batch["x"]), key)

@@ -27,7 +27,7 @@ def extract(session: Session, data: DomainData, encoder_dir: Path, opts: Finetun
     encoder = acc.prepare(load_encoder(encoder_dir, acc.device)).eval()
     features, tokens, rows = [], [], []
     for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
-        loader = acc.prepare(DataLoader(dataset, batch_size=session.run.batch_size, num_workers=session.run.workers))
+        loader = acc.prepare(DataLoader(dataset, batch_size=session.run.batch_size, **session.loader_options()))
         for batch in loader:
             out = encoder(batch["x"])
             features.append(acc.gather_for_metrics(out.features).float().cpu())

@@ -42,8 +42,13 @@ class Session:
         if batch_groups is not None:
             batch = max(1, min(batch, min(batch_groups.count(g) for g in set(batch_groups)) // processes))
             sampler = GroupedBatchSampler(batch_groups, batch, self.seed)
-            return DataLoader(dataset, batch_sampler=sampler, num_workers=run.workers)
-        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle, num_workers=run.workers)
+            return DataLoader(dataset, batch_sampler=sampler, **self.loader_options())
+        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=shuffle, **self.loader_options())
+
+    def loader_options(self) -> dict:
+        """DataLoader's workers (``--workers``) and, on a GPU, pinned memory."""
+        gpu = self.acc.device.type == "cuda"
+        return {"num_workers": self.run.data_workers(self.acc.num_processes, gpu), "pin_memory": gpu}
 
     def fit(self, model, loader, loss_fn: Callable, cfg: TrainConfig, stage: str, **kwargs) -> FitResult:
         """``foundations.train.fit`` in this run's folder, with its seed, --resume and --overwrite."""

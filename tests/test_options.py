@@ -46,6 +46,7 @@ def test_parse__config_file_then_flags_and_a_runs_config_yaml_round_trips(tmp_pa
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--stage", "train"], "--stage train: choose all or from pretrain,probe,finetune,extract"),
         (["--stage", "pretrain,all"], "--stage pretrain,all: choose"),
+        (["--workers", "many"], "argument --workers: expected auto or a count, got 'many'"),
     ],
 )
 def test_parse__bad_values_stop_with_one_line(argv, message, capsys):
@@ -59,6 +60,16 @@ def test_parse__stages_run_in_their_order_whatever_the_order_named():
         a: parse("ultrasound", "", UltrasoundOptions, argv=["--stage", a]).run.stages for a in ("all", "probe,pretrain")
     }
     assert stages == {"all": ("pretrain", "probe", "finetune"), "probe,pretrain": ("pretrain", "probe")}
+
+
+def test_parse__workers_auto_are_a_share_of_this_process_s_cores():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    run = parse("ultrasound", "", UltrasoundOptions, argv=[]).run
+    assert run.workers == "auto" and run.data_workers(1, gpu=False) == cores // 4
+    assert run.data_workers(1, gpu=True) == min(8, cores - 1) and run.data_workers(cores, gpu=True) == 0
+    assert parse("ultrasound", "", UltrasoundOptions, argv=["--workers", "3"]).run.data_workers(2, gpu=False) == 3
 
 
 def test_parse__unknown_config_option_is_named(tmp_path):
