@@ -2,7 +2,8 @@
 ``transformers``' ``ViTMAEForPreTraining`` (sdpa attention) at the same configuration.
 
     ./mae.sh exec pip install -e ".[bench]"      # transformers: a benchmark-only extra
-    ./mae.sh exec python benchmarks/pretrain_step.py [--models small base] [--rounds 5]
+    ./mae.sh exec python benchmarks/pretrain_step.py [--models small base] [--rounds 5] [--precision bf16]
+    bash benchmarks/gpu.sh          # on a GPU: ViT-B/16 in bf16, model FLOPs utilisation
 
 A third column is the suite's fast configuration at the same encoder: CrossMAE's decoder (the
 same width and depth, queries attending to a learned mix of the encoder's stages) predicting a
@@ -107,25 +108,31 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; one step of each per round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, both sides")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (SDPA then picks flash attention in bf16)")
+    p.add_argument("--batch", type=int, help="batch size of every model (default: 16 for ViT-S, 8 for ViT-B)")
+    p.add_argument(
+        "--peak-tflops", type=float, help="the device's peak in this precision (H100 SXM bf16: 989); default: measured"
+    )
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
     torch.manual_seed(0)
-    bf16 = args.precision == "bf16"
-    peak = matmul_peak(dtype=torch.bfloat16 if bf16 else torch.float32)
-    threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads; {args.precision} matmul peak {peak / 1e9:.1f} GFLOP/s")
+    bf16, device = args.precision == "bf16", torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else matmul_peak(dtype=dtype, device=args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; {args.precision} matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(
         f"{'model':<8}{'batch':>6}{'ours/s':>10}{'HF/s':>10}{'ratio':>8}{'GFLOP/step':>12}{'ours %pk':>10}{'HF %pk':>9}"
         f"{'fast/s':>9}{'fast/HF':>9}{'fast GFLOP':>12}"
     )
     for preset in args.models:
-        batch = CONFIGS[preset]
-        images = torch.rand(batch, 3, IMAGE, IMAGE)
-        steps = {
-            "ours": step_fn(ours(preset).train(), images, True, bf16),
-            "hf": step_fn(theirs(preset).train(), images, False, bf16),
-            "fast": step_fn(ours(preset, fast=True).train(), images, True, bf16),
-        }
-        seconds = interleaved(steps, args.rounds, args.warmup)
+        batch = args.batch or CONFIGS[preset]
+        images = torch.rand(batch, 3, IMAGE, IMAGE, device=device)
+        models = {"ours": ours(preset), "hf": theirs(preset), "fast": ours(preset, fast=True)}
+        steps = {k: step_fn(m.to(device).train(), images, k != "hf", bf16) for k, m in models.items()}
+        seconds = interleaved(steps, args.rounds, args.warmup, sync)
         flops = model_flops(preset, batch)
         rate = {k: batch / s for k, s in seconds.items()}
         frac = {k: flops / s / peak for k, s in seconds.items()}

@@ -50,9 +50,10 @@ def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], bf16
     return step
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
-    """This CPU's matmul FLOP/s in ``dtype``: the best of ``repeats`` square products."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_peak(size: int = 2048, repeats: int = 10, dtype=torch.float32, device: str = "cpu") -> float:
+    """This device's matmul FLOP/s in ``dtype``: the best of ``repeats`` square products."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
     for _ in range(3):
         a @ b
-    return 2 * size**3 / min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / min(timed(lambda: a @ b, sync) for _ in range(repeats))
