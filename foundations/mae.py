@@ -199,13 +199,22 @@ class MaskedAutoencoder(nn.Module):
         return MAEOutput(loss, pred, plan.mask, ids_pred, target, weights)
 
     @torch.no_grad()
+    def predict_hidden(self, x, valid=None, seed: int = 0) -> MAEOutput:
+        """A forward pass, masked as ``seed`` draws, whose decoder predicts every hidden token
+        (``predict_ratio`` trains on a subset; a figure shows them all)."""
+        device = next(self.parameters()).device
+        x = self.adapter.tokenize(x)
+        plan = make_mask(self.cfg.mask, self.adapter.coords(x), torch.Generator(device=device).manual_seed(seed))
+        return self(x, valid, plan=plan._replace(ids_pred=None))
+
+    @torch.no_grad()
     def reconstruct(self, x, valid=None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows of MAE's figures in the input space (the adapter's ``unpatchify``): the input,
         the masked input (hidden tokens zeroed) and the reconstruction with visible tokens pasted
-        back. Predictions of per-token normalised targets are mapped back to raw units."""
-        device = next(self.parameters()).device
+        back. Every hidden token is predicted, whatever share ``predict_ratio`` trains on.
+        Predictions of per-token normalised targets are mapped back to raw units."""
         x = self.adapter.tokenize(x)
-        out = self(x, valid, generator=torch.Generator(device=device).manual_seed(seed))
+        out = self.predict_hidden(x, valid, seed)
         target, P = out.target, out.target.shape[-1]
         pred = out.pred.float()
         if self.cfg.norm_target:

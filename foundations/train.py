@@ -112,10 +112,20 @@ def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
+def resolve_precision(mixed_precision: str = "auto", cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """``auto`` as what it means on this machine: bf16 autocast on a GPU that supports it and on a
+    CPU that computes bf16 natively (``native_bf16``), fp32 ("no") elsewhere. Autocast keeps losses
+    and reductions in fp32 (the loss casts predictions back). Other values pass through."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if native_bf16(cpuinfo) else "no"
+
+
 def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, seed: int = 0) -> Accelerator:
-    """``mixed_precision``: "auto" (bf16 on a GPU that supports it, else fp32), "no", "bf16", "fp16"."""
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """``mixed_precision``: "auto" (``resolve_precision``), "no", "bf16", "fp16"."""
+    mixed_precision = resolve_precision(mixed_precision)
     # Accelerate picks gloo (MULTI_CPU) for a multi-process launch only when told to use the CPU;
     # without this, `accelerate launch --multi_gpu` on a machine with no GPU starts independent runs.
     multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()

@@ -33,6 +33,15 @@ def auto_or_count(text: str) -> str:
     return text
 
 
+def ratio_or_all(text: str) -> float | None:
+    if text == "all":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction or all, got {text!r}") from None
+
+
 class OptionError(ValueError):
     """Options that contradict each other or the modality's defaults, found after parsing."""
 
@@ -69,7 +78,11 @@ class RunOptions:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     mixed_precision: str = field(
         default="auto",
-        metadata={"choices": ("auto", "no", "bf16", "fp16"), "help": "auto: bf16 on a GPU that supports it, else fp32"},
+        metadata={
+            "choices": ("auto", "no", "bf16", "fp16"),
+            "help": "auto: bf16 autocast on a GPU that supports it or a CPU that computes bf16 natively (AVX512-BF16, "
+            "AMX), else fp32",
+        },
     )
     checkpoint_every: int = field(default=100, metadata={"help": "optimizer steps between checkpoints"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log.jsonl records"})
@@ -143,7 +156,7 @@ class PretrainOptions:
         default=None, metadata={"help": "per-patch normalised targets (MAE's norm_pix_loss); default: the modality's"}
     )
     decoder: str = field(
-        default="self",
+        default="cross-mix",
         metadata={
             "choices": ("self", "cross", "cross-mix"),
             "help": "MAE's decoder (self-attention over latents and queries), or CrossMAE's (each query attends to "
@@ -151,10 +164,13 @@ class PretrainOptions:
         },
     )
     predict_ratio: float | None = field(
-        default=None,
+        default=0.25,
         metadata={
+            "parse": ratio_or_all,
+            "none": "all",  # how None is written on the command line (and in --config)
             "help": "fraction of all tokens the decoder reconstructs, drawn among the hidden ones (CrossMAE: 0.25 "
-            "of 0.75 hidden); default: every hidden token. The learning rate is not rescaled for it"
+            "of 0.75 hidden; at most the mask ratio), or all: every hidden token (MAE). The learning rate is "
+            "not rescaled for it",
         },
     )
 
@@ -236,7 +252,7 @@ def add_options(parser: argparse.ArgumentParser, cls, title: str) -> None:
             kwargs["type"] = f.metadata.get("parse", kind if kind in (int, float, str) else str)
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(*names, **kwargs)
+        group.add_argument(*names, **kwargs).none = f.metadata.get("none")
 
 
 def build_parser(recipe: str, description: str, domain_cls, defaults: dict | None = None) -> argparse.ArgumentParser:
@@ -254,12 +270,14 @@ def build_parser(recipe: str, description: str, domain_cls, defaults: dict | Non
 
 def config_tokens(parser: argparse.ArgumentParser, options: dict) -> list[str]:
     """--config values as command-line tokens: booleans as --flag / --no-flag, lists as "a,b,c",
-    None (the field's default) left out."""
+    None as the field writes it ("none" metadata), or left out (the field's default)."""
     actions = {a.dest: a for a in parser._actions}
     tokens = []
     for name, value in options.items():
         flag = actions[name].option_strings[0]
         if value is None:
+            if getattr(actions[name], "none", None):
+                tokens.append(f"{flag}={actions[name].none}")
             continue
         if isinstance(actions[name], argparse.BooleanOptionalAction):
             tokens.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag}={value}")

@@ -34,13 +34,15 @@ def model_config(
     a fresh one sized as for the preset of its width (``DecoderConfig()`` for other widths), of the
     kind ``--decoder`` names."""
     defaults = ADAPTERS[adapter["name"]][0].defaults
-    try:  # e.g. a --predict-ratio above the modality's mask ratio
+    ratio = opts.mask_ratio or defaults.mask.ratio
+    try:  # e.g. a --mask-ratio of 1
         mask = dataclasses.replace(
             defaults.mask,
             strategy=opts.mask or defaults.mask.strategy,
-            ratio=opts.mask_ratio or defaults.mask.ratio,
+            ratio=ratio,
             decode=opts.decode or defaults.mask.decode,
-            predict_ratio=opts.predict_ratio,
+            # no more than is hidden: a ratio at or above the mask ratio is every hidden token
+            predict_ratio=None if opts.predict_ratio is None or opts.predict_ratio >= ratio else opts.predict_ratio,
         )
     except ValueError as e:
         raise OptionError(f"options: {e}") from None

@@ -91,6 +91,9 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
     metrics = read_metrics(metrics_path)
     metrics.update({f"data/{k}": v for k, v in data.info.items()})
     metrics["run/processes"] = acc.num_processes
+    metrics["run/precision"] = acc.mixed_precision  # what --mixed-precision (auto) resolved to here
+    if acc.is_main_process:
+        log.info("precision: %s (--mixed-precision %s)", acc.mixed_precision, opts.run.mixed_precision)
     start, adapter, saved, saved_decoder = None, data.adapter, None, None  # the encoder to start from, ours
     if opts.run.encoder:
         start, found = start_encoder(acc, opts.run.encoder, opts.run.download, data.adapter, out)

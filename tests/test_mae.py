@@ -137,3 +137,25 @@ def test_cross_decoder__a_mix_of_only_the_last_block_is_the_plain_cross_decoder(
         a = plain(x, generator=torch.Generator().manual_seed(0)).pred
         b = mixed(x, generator=torch.Generator().manual_seed(0)).pred
     torch.testing.assert_close(a, b)
+
+
+def test_mae__bf16_autocast_keeps_the_loss_in_fp32_and_near_the_fp32_loss():
+    mae = cross(mix=True, predict_ratio=0.25)
+    x = torch.rand(4, 1, 32, 32)
+    fp32 = mae(x, generator=torch.Generator().manual_seed(0)).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mae(x, generator=torch.Generator().manual_seed(0))
+    assert out.pred.dtype == torch.bfloat16  # the matmuls ran in bf16
+    assert out.loss.dtype == torch.float32  # the loss and its reduction did not
+    assert 0 < (out.loss - fp32).abs() < 0.02 * fp32  # bf16's 8-bit mantissa: about 0.4 % per rounding
+
+
+def test_reconstruct__predicts_every_hidden_token_when_training_predicts_a_quarter():
+    mae = cross(mix=True, predict_ratio=0.25).eval()
+    x = torch.rand(2, 1, 32, 32)
+    out = mae.predict_hidden(x, seed=3)
+    assert torch.equal(out.ids_pred.sort(1).values, out.mask.nonzero()[:, 1].view(2, 12))  # all 12 hidden, not 4
+    image, masked, full = mae.reconstruct(x, seed=3)
+    hidden = mae.adapter.unpatchify(out.mask[..., None].expand(-1, -1, 64).float(), x).bool()
+    assert (full != image)[hidden].float().mean() > 0.99  # no hidden pixel shows the truth
+    assert torch.equal(full[~hidden], image[~hidden]) and torch.equal(masked[hidden], torch.zeros_like(masked[hidden]))

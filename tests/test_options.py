@@ -47,12 +47,22 @@ def test_parse__config_file_then_flags_and_a_runs_config_yaml_round_trips(tmp_pa
         (["--stage", "train"], "--stage train: choose all or from pretrain,probe,finetune,extract"),
         (["--stage", "pretrain,all"], "--stage pretrain,all: choose"),
         (["--workers", "many"], "argument --workers: expected auto or a count, got 'many'"),
+        (["--predict-ratio", "most"], "argument --predict-ratio: expected a fraction or all, got 'most'"),
+        (["--predict-ratio", "1.5"], "--predict-ratio must be in (0, 1), got 1.5"),
     ],
 )
 def test_parse__bad_values_stop_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse("ultrasound", "", UltrasoundOptions, argv=argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parse__predict_ratio_all_is_every_hidden_token_and_survives_a_runs_config_yaml(tmp_path):
+    assert parse("ultrasound", "", UltrasoundOptions, argv=[]).pretrain.predict_ratio == 0.25  # CrossMAE's
+    opts = parse("ultrasound", "", UltrasoundOptions, argv=["--predict-ratio", "all", "--decoder", "self"])
+    assert (opts.pretrain.predict_ratio, opts.pretrain.decoder) == (None, "self")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(opts.flat()))  # None, not the default 0.25
+    assert parse("ultrasound", "", UltrasoundOptions, argv=["--config", str(tmp_path / "config.yaml")]) == opts
 
 
 def test_parse__stages_run_in_their_order_whatever_the_order_named():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from PIL import Image
 
 from modalities import load_encoder
@@ -22,6 +23,8 @@ def test_two_process_run_on_synthetic_sounds(tmp_path):
     launch_recipe("audio", *SMALL, *args, "--out", out, processes=2)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run/processes"] == 2 and metrics["pretrain/steps"] == 6 and len(metrics["data/classes"]) == 8
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]  # audio keeps MAE's decoder (recipe)
+    assert (model["decoder"]["kind"], model["mask"]["predict_ratio"]) == ("self", None)
     for key in ("pretrain/eval_loss", "pretrain/eval_loss_patch_mean", "probe/balanced_accuracy", "finetune/accuracy"):
         assert np.isfinite(metrics[key]), key
     for baseline in ("probe_random_init", "probe_raw_input"):  # the probe's honest baselines, same table

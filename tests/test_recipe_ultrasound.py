@@ -102,18 +102,22 @@ def test_probe_and_finetune_from_a_saved_encoder(tmp_path):
     assert "finetune/balanced_accuracy" in metrics and "pretrain/loss_first" not in metrics
 
 
-def test_crossmae_decoder_predicting_a_quarter_trains_and_continues_with_its_saved_decoder(tmp_path):
+def test_crossmae_decoder_is_the_default_and_a_saved_mae_decoder_continues_as_it_was(tmp_path):
     args = [*SMALL, "--stage", "pretrain", "--max-steps", "4"]
-    launch(*args, "--decoder", "cross-mix", "--predict-ratio", "0.25", "--out", tmp_path / "pre", direct=True)
-    model = yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())["model"]
+    launch(*args, "--out", tmp_path / "fast", direct=True)
+    model = yaml.safe_load((tmp_path / "fast" / "config.yaml").read_text())["model"]
     assert (model["decoder"]["kind"], model["decoder"]["mix"], model["mask"]["predict_ratio"]) == ("cross", True, 0.25)
-    saved = json.loads((tmp_path / "pre" / "encoder" / "config.json").read_text())["decoder"]
+    saved = json.loads((tmp_path / "fast" / "encoder" / "config.json").read_text())["decoder"]
     assert (saved["kind"], saved["mix"]) == ("cross", True)
-    # continued without --decoder: the saved cross decoder goes on, weights and all
-    proc = launch(*args, "--encoder", tmp_path / "pre" / "encoder", "--out", tmp_path / "more", direct=True)
+    launch(*args, "--decoder", "self", "--predict-ratio", "all", "--out", tmp_path / "mae", direct=True)
+    model = yaml.safe_load((tmp_path / "mae" / "config.yaml").read_text())["model"]
+    assert (model["decoder"]["kind"], model["mask"]["predict_ratio"]) == ("self", None)
+    # continued with the default --decoder: the saved MAE decoder goes on, weights and all
+    proc = launch(*args, "--encoder", tmp_path / "mae" / "encoder", "--out", tmp_path / "more", direct=True)
     assert "with its MAE decoder" in proc.stderr
     again = json.loads((tmp_path / "more" / "encoder" / "config.json").read_text())["decoder"]
-    assert again == saved
+    assert again == json.loads((tmp_path / "mae" / "encoder" / "config.json").read_text())["decoder"]
+    assert again["kind"] == "self"
 
 
 def write_images(folder: Path, classes=("a", "b"), n=4, size=40):
@@ -133,7 +137,7 @@ def write_images(folder: Path, classes=("a", "b"), n=4, size=40):
         ("corrupt", "broken.png: cannot read image"),
         ("missing_encoder", "no pretrained encoder here"),
         ("wrong_encoder", "encoder was trained with adapter channels=3"),
-        ("predict_ratio", "options: MaskConfig.predict_ratio must be in (0, ratio=0.75]"),
+        ("mask_ratio", "options: MaskConfig.ratio must be in (0, 1), got 1.0"),
     ],
 )
 def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
@@ -145,9 +149,9 @@ def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
     elif case == "corrupt":
         write_images(data)
         (data / "a" / "broken.png").write_bytes(b"not a png")
-    elif case == "predict_ratio":  # more than the hidden tokens
+    elif case == "mask_ratio":  # nothing left to see
         write_images(data)
-        args += ["--predict-ratio", "0.9"]
+        args += ["--mask-ratio", "1.0"]
     elif case in ("missing_encoder", "wrong_encoder"):
         write_images(data)
         args += ["--stage", "probe", "--encoder", str(tmp_path / "enc")]

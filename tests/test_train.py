@@ -18,6 +18,7 @@ from foundations.train import (
     fit,
     make_accelerator,
     native_bf16,
+    resolve_precision,
 )
 from tests.conftest import assert_no_pickle
 
@@ -318,3 +319,13 @@ def test_native_bf16__read_from_the_cpu_flags(tmp_path):
     (tmp_path / "avx2").write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     assert native_bf16(tmp_path / "amx") and not native_bf16(tmp_path / "avx2")
     assert not native_bf16(tmp_path / "missing")  # no such file (not Linux): fp32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, auto follows the GPU")
+def test_resolve_precision__auto_is_bf16_only_on_a_cpu_with_native_bf16(tmp_path):
+    (tmp_path / "amx").write_text("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    (tmp_path / "avx2").write_text("flags\t\t: fpu avx2 fma\n")
+    assert resolve_precision("auto", tmp_path / "amx") == "bf16"
+    assert resolve_precision("auto", tmp_path / "avx2") == "no"
+    assert resolve_precision("no", tmp_path / "amx") == "no"  # asked for, kept
+    assert resolve_precision("bf16", tmp_path / "avx2") == "bf16"

@@ -286,7 +286,7 @@ def render_reconstruction(mae, x: torch.Tensor, valid=None, seed: int = 0) -> to
     """Rows: the cloud / its visible groups / visible plus predicted hidden groups: (3*S, B*S)."""
     adapter = mae.adapter
     patches = adapter.tokenize(x)
-    out = mae(patches, generator=torch.Generator(device=x.device).manual_seed(seed))
+    out = mae.predict_hidden(patches, seed=seed)
     target = out.target.clone()  # (B, G, k*3)
     full = target.scatter(1, out.ids_pred[..., None].expand(-1, -1, target.shape[-1]), out.pred.to(target.dtype))
     visible = adapter.unpatchify(target, patches).view(len(x), target.shape[1], -1, 3)
