@@ -99,7 +99,8 @@ def compile_quietly(model: torch.nn.Module, **options) -> torch.nn.Module:
     return model
 
 
-DATA_WAIT_WARN = 0.2  # the share of time waiting for data past which a run says so
+DATA_WAIT_WARN = 0.2  # the share of time waiting for data past which a run says so,
+DATA_WAIT_MIN_S = 1.0  # when it waited this long since the last record (a probe's 10 ms steps do not count)
 
 
 def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -326,8 +327,9 @@ def fit(
                 mean = acc.reduce(torch.tensor(running / n_running, device=acc.device), "mean").item()
                 last_loss, running, n_running = mean, 0.0, 0
                 now = time.perf_counter()
+                slow = waited >= DATA_WAIT_MIN_S
                 data_wait, waited, t_log = waited / max(now - t_log, 1e-9), 0.0, now
-                if data_wait > DATA_WAIT_WARN and not warned:
+                if data_wait > DATA_WAIT_WARN and slow and not warned:
                     warned = True  # once a stage
                     logger.warning(
                         "[%s] %.0f%% of the time since the last record went waiting for data: more --workers "

@@ -16,6 +16,7 @@ from foundations.grid import GridConfig
 from modalities import hub
 from modalities.audio.adapter import AudioAdapter
 from modalities.image.adapter import ImageAdapter
+from modalities.nerf.adapter import NerfAdapter, NerfConfig
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig
 from modalities.ultrasound.adapter import CineAdapter, UltrasoundAdapter
 from modalities.video.adapter import VideoAdapter
@@ -29,6 +30,7 @@ ADAPTERS = {
     "audio": (AudioAdapter, GridConfig),
     "video": (VideoAdapter, GridConfig),
     "ultrasound_cine": (CineAdapter, GridConfig),
+    "nerf": (NerfAdapter, NerfConfig),
 }
 
 

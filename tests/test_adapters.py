@@ -130,12 +130,12 @@ EXAMPLES = {
         normalized,
         True,
     ),
-    # NeRF-MAE: RGB + density on an (x, y, z) grid
-    "grid:nerf": lambda: (
-        {"name": "grid", "channels": 4, "patch": [2, 2, 2], "size": [4, 4, 4]},
-        torch.rand(2, 4, 4, 4, 6),
-        None,
-        normalized,
+    # NeRF-MAE: RGB + opacity on an (x, y, z) grid in world units, padding not valid
+    "nerf": lambda: (
+        {"name": "nerf", "patch": [2, 2, 2], "size": [4, 4, 4]},
+        {"image": torch.rand(2, 4, 4, 4, 6), "spacing": torch.tensor([[0.1, 0.1, 0.1], [0.05, 0.05, 0.05]])},
+        (torch.arange(6) < 4).float().expand(2, 1, 4, 4, 6),
+        image_of,
         True,
     ),
 }

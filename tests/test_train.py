@@ -269,7 +269,7 @@ class Slow(torch.utils.data.Dataset):
 def test_fit__the_log_records_the_share_of_time_spent_waiting_for_data(tmp_path, caplog):
     cfg = TrainConfig(max_steps=4, batch_size=32, warmup_steps=1, checkpoint_every=100, log_every=2)
     shares, warnings = [], []
-    for delay in (0.0, 0.002):  # a step takes 10 ms; batches take next to nothing, then 64 ms
+    for delay in (0.0, 0.02):  # a step takes 10 ms; batches take next to nothing, then 0.64 s
         caplog.clear()
         out = tmp_path / str(delay)
         fit(
@@ -287,6 +287,14 @@ def test_fit__the_log_records_the_share_of_time_spent_waiting_for_data(tmp_path,
     assert shares[0] < 0.4 and 0.75 < shares[1] <= 1.0
     assert len(warnings[1]) == 1 and "more --workers" in warnings[1][0]  # said once, not at every record
     assert warnings[0] == [] or shares[0] > 0.2
+
+
+def test_fit__waiting_for_data_is_not_worth_a_warning_when_it_is_a_fraction_of_a_second(tmp_path, caplog):
+    cfg = TrainConfig(max_steps=4, batch_size=32, warmup_steps=1, checkpoint_every=100, log_every=2)
+    loader = DataLoader(Slow(0.002), 32, shuffle=True, drop_last=True)  # 64 ms a batch, most of a 74 ms step
+    fit(model(), loader, mse, cfg, make_accelerator("no"), tmp_path, "t")
+    assert max(json.loads(line)["data_wait"] for line in (tmp_path / "log.jsonl").read_text().splitlines()) > 0.5
+    assert not [r for r in caplog.records if "waiting for data" in r.message]
 
 
 def test_compile_quietly__a_graph_that_cannot_compile_runs_eagerly():
