@@ -258,6 +258,16 @@ def camera_bbox(poses: np.ndarray) -> np.ndarray:
     return np.stack([centre - half, centre + half])  # (2, 3)
 
 
+def focal(meta: dict, axis: str, pixels: int, path: Path) -> float | None:
+    """The focal length along ``axis`` ("x" or "y") in pixels: ``fl_<axis>``, else from the field of
+    view ``camera_angle_<axis>`` over ``pixels``; None when the file gives neither."""
+    if f"fl_{axis}" in meta:
+        return number(meta, f"fl_{axis}", path)
+    if f"camera_angle_{axis}" in meta:
+        return 0.5 * pixels / math.tan(0.5 * number(meta, f"camera_angle_{axis}", path))
+    return None
+
+
 def read_instant_ngp(scene_dir, options: SceneOptions = SceneOptions()) -> Scene:
     """An instant-ngp scene: ``transforms.json`` with ``fl_x``/``fl_y`` (or ``camera_angle_x``/``_y``),
     ``cx``, ``cy``, ``w``, ``h`` at the top or per frame. Distortion (k1, k2, p1, p2) is ignored with
@@ -283,18 +293,10 @@ def read_instant_ngp(scene_dir, options: SceneOptions = SceneOptions()) -> Scene
         h, w = image.shape[:2]
         if "w" in merged and "h" in merged and (merged["w"], merged["h"]) != (w, h):
             raise DataError(f"{file}: {w}x{h} pixels where {path} says {merged['w']}x{merged['h']}")
-        if "fl_x" in merged:
-            fx = number(merged, "fl_x", path)
-        elif "camera_angle_x" in merged:
-            fx = 0.5 * w / math.tan(0.5 * number(merged, "camera_angle_x", path))
-        else:
+        fx = focal(merged, "x", w, path)
+        if fx is None:
             raise DataError(f"{path}: frame {i}: no focal length (fl_x or camera_angle_x)")
-        if "fl_y" in merged:
-            fy = number(merged, "fl_y", path)
-        elif "camera_angle_y" in merged:
-            fy = 0.5 * h / math.tan(0.5 * number(merged, "camera_angle_y", path))
-        else:
-            fy = fx
+        fy = focal(merged, "y", h, path) or fx
         cx = number(merged, "cx", path) if "cx" in merged else w / 2
         cy = number(merged, "cy", path) if "cy" in merged else h / 2
         views.add(file, image, pose, (fx, fy, cx, cy))
