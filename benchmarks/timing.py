@@ -57,3 +57,36 @@ def matmul_peak(size: int = 2048, repeats: int = 10, dtype=torch.float32, device
     for _ in range(3):
         a @ b
     return 2 * size**3 / min(timed(lambda: a @ b, sync) for _ in range(repeats))
+
+
+def memory_bytes(model: torch.nn.Module, loss: Callable[[], torch.Tensor], device: torch.device) -> tuple[int, int]:
+    """(activation bytes, peak bytes) of one training step of ``model`` whose loss ``loss()`` computes.
+    On a GPU the allocator's peak (activations: the peak above what was allocated before the step);
+    on a CPU, which has no allocator statistics, the tensors saved for backward (parameters
+    excluded, each storage counted once) plus parameters, gradients and AdamW's two moments."""
+    if device.type == "cuda":
+        step = training_step(model, loss)
+        step()  # creates the AdamW moments
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return peak - before, peak
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = loss()
+    value.backward()
+    model.zero_grad(set_to_none=True)
+    n_param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    activations = sum(saved.values())
+    return activations, activations + 4 * n_param_bytes  # weights, gradients, two AdamW moments

@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 from einops import rearrange
-from timing import interleaved, matmul_peak, training_step
+from timing import interleaved, matmul_peak, memory_bytes, training_step
 
 from foundations.mae import DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import MaskConfig
@@ -102,37 +102,6 @@ def step_fn(model, batch, is_ours: bool):
     return training_step(model, lambda: loss_of(model, batch, is_ours))
 
 
-def memory_bytes(model, batch, is_ours: bool, device) -> tuple[int, int]:
-    """(activation bytes, peak bytes) of one step: on a GPU the allocator's peak (activations:
-    the peak above what was allocated before the step); on a CPU the estimate in the module doc."""
-    if device.type == "cuda":
-        step = step_fn(model, batch, is_ours)
-        step()  # creates the AdamW moments
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        return peak - before, peak
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_of(model, batch, is_ours)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    n_param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    activations = sum(saved.values())
-    return activations, activations + 4 * n_param_bytes  # weights, gradients, two AdamW moments
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
@@ -157,7 +126,7 @@ def main():
     models = {"ours": ours(enc, dec), "monai": theirs(enc, dec), "fast": ours(enc, dec, fast=True)}
     models = {k: m.to(device).train() for k, m in models.items()}
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
-    memory = {k: memory_bytes(m, batch, k != "monai", device) for k, m in models.items()}
+    memory = {k: memory_bytes(m, lambda m=m, k=k: loss_of(m, batch, k != "monai"), device) for k, m in models.items()}
     steps = {k: step_fn(m, batch, k != "monai") for k, m in models.items()}
     seconds = interleaved(steps, args.rounds, args.warmup, torch.cuda.synchronize if device.type == "cuda" else None)
     rate = {k: args.batch / s for k, s in seconds.items()}

@@ -114,8 +114,6 @@ class RunOptions:
         return max(0, min(8, cores - 1)) if gpu else cores // 4
 
     def __post_init__(self):
-        if self.stage != "all" and not set(self.stage.split(",")) <= set(STAGES):
-            raise ValueError(f"--stage {self.stage}: choose all or from {','.join(STAGES)}, comma-separated")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -188,7 +186,8 @@ class FinetuneOptions:
         default=True,
         metadata={
             "help": "also probe a randomly initialised encoder of the same shape and, where the "
-            "modality defines them, features of the raw input (probe_random_init/, probe_raw_input/)"
+            "modality defines them, features of the raw input (probe_random_init/, probe_raw_input/); "
+            "voxel labelling also fine-tunes the random encoder (finetune_random_init/)"
         },
     )
     finetune_steps: int = field(default=120, metadata={"help": "fine-tuning optimizer steps"})
@@ -264,8 +263,18 @@ def build_parser(recipe: str, description: str, domain_cls, defaults: dict | Non
     parser.add_argument("--config", help="YAML file of options (same names as the flags); flags given win")
     for title, cls in {**SHARED, recipe: domain_cls}.items():
         add_options(parser, cls, title)
+    own = domain_stages(domain_cls)
+    if own:
+        stage = next(a for a in parser._actions if a.dest == "stage")
+        stage.help += "; this recipe's own: " + "; ".join(f"{name}: {text}" for name, text in own.items())
     parser.set_defaults(out=f"runs/{recipe}", **(defaults or {}))
     return parser
+
+
+def domain_stages(domain_cls) -> dict[str, str]:
+    """A domain's own stages, {name: help}, that its recipe runs itself (e.g. nerf's bake): declared
+    as the class attribute ``stages`` of its options, accepted by --stage beside ``STAGES``."""
+    return dict(getattr(domain_cls, "stages", {}))
 
 
 def config_tokens(parser: argparse.ArgumentParser, options: dict) -> list[str]:
@@ -307,6 +316,9 @@ def parse(recipe: str, description: str, domain_cls, defaults: dict | None = Non
         parser.exit_on_error = True
         args = parser.parse_args([*tokens, *(sys.argv[1:] if argv is None else argv)])
     values = vars(args)
+    known = (*STAGES, *domain_stages(domain_cls))
+    if values["stage"] != "all" and not set(values["stage"].split(",")) <= set(known):
+        parser.error(f"--stage {values['stage']}: choose all or from {','.join(known)}, comma-separated")
     try:
         groups = {
             name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})

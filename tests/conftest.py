@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import tracemalloc
@@ -56,6 +57,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+def free_port() -> int:
+    """A TCP port that nothing on this machine listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def recipe_command(
     recipe: str, *args, processes: int = 1, direct: bool = False, threads: int | None = None
 ) -> tuple[list[str], dict]:
@@ -76,7 +84,8 @@ def recipe_command(
         "--dynamo_backend",
         "no",
     ]
-    launcher += ["--multi_gpu"] if processes > 1 else []
+    # a port of its own: two launches side by side (tests/test_resume.py) must not both take 29500
+    launcher += ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
     launcher = [sys.executable] if direct else launcher
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
     return [*launcher, str(ROOT / "recipes" / f"{recipe}.py"), *map(str, args)], env

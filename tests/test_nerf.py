@@ -1,5 +1,8 @@
 """Radiance grids as tokens: the nerf adapter's NeRF-MAE loss weights, density to opacity, the
-built-in procedural set and its pictures."""
+built-in procedural set and its pictures, the layouts of --data (grids, posed-image scenes), voxel
+labels for --task segment, the recipe's own --stage bake."""
+
+import json
 
 import numpy as np
 import pytest
@@ -7,9 +10,24 @@ import torch
 
 from foundations.mae import MaskedAutoencoder
 from modalities import build_adapter
-from modalities.common import DataSource
+from modalities.common import DataError, DataSource
 from modalities.nerf.adapter import NerfConfig
-from modalities.nerf.data import GridDataset, NerfOptions, build_domain, composite, opacity, pad_to, prepare
+from modalities.nerf.bake import save_grid
+from modalities.nerf.data import (
+    GridDataset,
+    NerfOptions,
+    bake_scenes,
+    build_domain,
+    composite,
+    find_scenes,
+    opacity,
+    pad_to,
+    prepare,
+    read_grids,
+)
+from modalities.nerf.mesh import PRIMITIVES, procedural_scene
+from modalities.volume.data import VolumeOptions
+from tasks.options import build_parser, parse
 from tests.conftest import TINY_MAE
 
 
@@ -89,3 +107,123 @@ def test_grid_dataset__augmentation_moves_colour_opacity_and_valid_together():
         assert (item["x"]["image"][:, where[0][0], where[0][1], where[0][2]] == 1).all()
         seen.add(tuple(where[0]))
     assert len(seen) > 2 and all(z == 2 for _, _, z in seen)  # moved about, never along the up axis
+
+
+def test_build_domain__segment_task_yields_voxel_labels_of_empty_and_the_kinds():
+    data = build_domain(DataSource(seed=1), NerfOptions(grid=16, scenes=10, task="segment"))
+    assert data.classes == ["empty", *PRIMITIVES] and data.raw_features is None
+    item = data.finetune[0]
+    assert item["y"].shape == (16, 16, 16) and item["y"].dtype == torch.long
+    np.testing.assert_array_equal(item["y"] > 0, item["x"]["image"][3] > 0.5)  # solid objects, labelled
+    assert isinstance(data.held_out[0]["y"], torch.Tensor) and isinstance(data.pretrain[0]["y"], int)
+
+
+def test_build_domain__grids_without_labels_cannot_be_segmented(tmp_path):
+    for kind in ("a", "b"):
+        (tmp_path / kind).mkdir()
+        grid = procedural_scene(seed=len(kind), grid=8)
+        save_grid(tmp_path / kind / "labelled.npz", grid, {})
+        save_grid(tmp_path / kind / "plain.npz", {k: v for k, v in grid.items() if k != "labels"}, {})
+    with pytest.raises(DataError, match=r"plain.npz: no labels array; --task segment needs voxel labels"):
+        build_domain(DataSource(data=str(tmp_path)), NerfOptions(task="segment"))
+    assert build_domain(DataSource(data=str(tmp_path)), NerfOptions()).classes == ["a", "b"]
+
+
+def test_read_grids__npz_files_in_the_folder_itself_are_unlabelled(tmp_path):
+    for i in range(3):
+        save_grid(tmp_path / f"{i}.npz", procedural_scene(seed=i, grid=8), {})
+    items, classes, skipped, _ = read_grids(tmp_path, skip_bad=False)
+    assert len(items) == 3 and classes == [] and {it["label"] for it in items} == {-1} and not skipped
+    (tmp_path / "a").mkdir()
+    save_grid(tmp_path / "a" / "x.npz", procedural_scene(seed=5, grid=8), {})
+    with pytest.raises(DataError, match="both in the folder .* and in class folders"):
+        read_grids(tmp_path, skip_bad=False)
+
+
+def test_read_grids__an_empty_grid_is_bad_data_and_one_smaller_than_a_patch_is_padded(tmp_path):
+    for kind in ("a", "b"):
+        (tmp_path / kind).mkdir()
+        for i in range(5):
+            save_grid(tmp_path / kind / f"{i}.npz", procedural_scene(seed=i + 10 * len(kind), grid=8), {})
+    small = np.full((3, 3, 3, 4), 0.5, np.float32)  # sigma 0.5 over voxels of 1: alpha 0.39, occupied
+    box = np.array([[0, 0, 0], [3, 3, 3]], np.float32)
+    grid = {"rgbsigma": small, "valid": np.ones((3, 3, 3)), "bbox": box, "voxel_size": np.ones(3)}
+    save_grid(tmp_path / "a" / "small.npz", grid, {})
+    empty = {**procedural_scene(seed=0, grid=8)}
+    empty["rgbsigma"] = empty["rgbsigma"] * np.array([1, 1, 1, 0], np.float32)  # no density anywhere
+    save_grid(tmp_path / "b" / "empty.npz", empty, {})
+    with pytest.raises(DataError, match=r"empty.npz: no occupied voxel \(alpha > 0.01 nowhere\)"):
+        read_grids(tmp_path, skip_bad=False)
+    data = build_domain(DataSource(data=str(tmp_path), skip_bad_files=True), NerfOptions(patch=4))
+    assert data.info["skipped_files"] == 1 and data.info["grid_size"] == [8, 8, 8]
+    grids = [*data.train_eval.items, *data.held_out.items]
+    padded = next(it for it in grids if it["name"].endswith("small.npz"))
+    assert padded["image"].shape == (4, 8, 8, 8) and padded["valid"].sum() == 27
+    assert padded["valid"][0, :3, :3, :3].all()
+
+
+def scene_folder(path, transforms="transforms_train.json"):
+    path.mkdir(parents=True)
+    (path / transforms).write_text("{}")
+
+
+def test_find_scenes__class_folders_of_scenes_or_scenes_alone(tmp_path):
+    scene_folder(tmp_path / "labelled" / "chair" / "one")
+    scene_folder(tmp_path / "labelled" / "chair" / "two", "transforms.json")
+    scene_folder(tmp_path / "labelled" / "ship" / "three")
+    (tmp_path / "labelled" / "ship" / "notes").mkdir()  # no transforms file: not a scene
+    found = [(c, p.name) for c, p in find_scenes(tmp_path / "labelled")]
+    assert found == [("chair", "one"), ("chair", "two"), ("ship", "three")]
+    scene_folder(tmp_path / "flat" / "lego")
+    scene_folder(tmp_path / "flat" / "fox", "transforms.json")
+    assert [(c, p.name) for c, p in find_scenes(tmp_path / "flat")] == [("", "fox"), ("", "lego")]
+    assert find_scenes(tmp_path / "flat" / "lego") == [("", tmp_path / "flat" / "lego")]  # a scene itself
+    assert find_scenes(tmp_path / "labelled" / "ship" / "notes") == []  # e.g. a folder of grids
+    scene_folder(tmp_path / "labelled" / "lone")
+    with pytest.raises(DataError, match=r"scene folders \(lone\) beside class folders of scenes \(chair/\)"):
+        find_scenes(tmp_path / "labelled")
+
+
+def test_bake_scenes__a_broken_scene_stops_naming_its_file_or_is_skipped_and_grids_there_are_kept(tmp_path):
+    scene_folder(tmp_path / "scenes" / "kept")  # its grid is already there: never read
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "kept.npz").write_bytes(b"baked before")
+    scene_folder(tmp_path / "scenes" / "broken")
+    broken = tmp_path / "scenes" / "broken" / "transforms_train.json"
+    broken.write_text('{"camera_angle_x": 0.7, "frames": [')
+    with pytest.raises(DataError, match="malformed JSON") as info:
+        bake_scenes(tmp_path / "scenes", tmp_path / "grids", NerfOptions(), overwrite=False, skip_bad=False)
+    assert str(info.value).startswith(str(broken)) and "\n" not in str(info.value)
+    scene_folder(tmp_path / "scenes" / "lost")  # a frame without its image: bad data too, not a crash
+    frame = {"file_path": "./train/r_0", "transform_matrix": np.eye(4).tolist()}
+    (tmp_path / "scenes" / "lost" / "transforms_train.json").write_text(
+        json.dumps({"camera_angle_x": 0.7, "frames": [frame]})
+    )
+    figures = bake_scenes(tmp_path / "scenes", tmp_path / "grids", NerfOptions(), overwrite=False, skip_bad=True)
+    assert (figures["baked_scenes"], figures["cached_scenes"], figures["skipped_scenes"]) == (0, 1, 2)
+    again = bake_scenes(tmp_path / "scenes", tmp_path / "grids", NerfOptions(), overwrite=True, skip_bad=True)
+    assert (again["cached_scenes"], again["skipped_scenes"]) == (0, 3)  # "kept" read this time: no frames in it
+    with pytest.raises(DataError, match="lost/train/r_0: image of frame 0 in .* not found"):
+        bake_scenes(tmp_path / "scenes" / "lost", tmp_path / "grids", NerfOptions(), overwrite=False, skip_bad=False)
+    with pytest.raises(DataError, match="--stage bake needs --data"):
+        bake_scenes(None, tmp_path / "grids", NerfOptions(), overwrite=False, skip_bad=False)
+
+
+def test_nerf_options__bad_values_name_the_field():
+    for fields, pattern in [
+        ({"task": "detect"}, "task must be classify or segment, got 'detect'"),
+        ({"bake_grid": 2}, "bake_grid 2 is too small"),
+        ({"bake_steps": 0}, "bake_steps must be positive, got 0"),
+        ({"bake_downscale": 0}, "bake_downscale must be a positive integer, got 0"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            NerfOptions(**fields)
+
+
+def test_parse__bake_is_a_stage_of_the_nerf_recipe_only(capsys):
+    assert parse("nerf", "", NerfOptions, argv=["--stage", "bake"]).run.stages == ()
+    assert parse("nerf", "", NerfOptions, argv=["--stage", "bake,pretrain"]).run.stages == ("pretrain",)
+    assert "bake: posed-image scenes" in build_parser("nerf", "", NerfOptions).format_help()
+    with pytest.raises(SystemExit):
+        parse("volumes", "", VolumeOptions, argv=["--stage", "bake"])
+    assert "--stage bake: choose all or from pretrain,probe,finetune,extract, comma" in capsys.readouterr().err

@@ -192,6 +192,12 @@ def corrupt(tmp_path, what: str):
         meta["frames"][1]["transform_matrix"] = np.eye(3).tolist()
         (tmp_path / "transforms_train.json").write_text(json.dumps(meta))
         return tmp_path / "transforms_train.json", DataError, r"frame 1: transform_matrix must be a finite 4x4"
+    if what == "zero focal length":
+        ngp_scene(tmp_path, fl_x=0.0)
+        return tmp_path / "transforms.json", DataError, "'fl_x' must be a positive number of pixels, got 0.0"
+    if what == "zero field of view":
+        blender_scene(tmp_path, angle=0.0)
+        return tmp_path / "transforms_train.json", DataError, r"'camera_angle_x' must be in \(0, pi\) radians, got 0.0"
     if what == "no image at all":
         ngp_scene(tmp_path, frames=2, missing=(0, 1))
         return tmp_path / "transforms.json", DataError, "none of the 2 frames has an image file"
@@ -208,6 +214,8 @@ def corrupt(tmp_path, what: str):
         "image unlike its json",
         "not an image",
         "bad pose",
+        "zero focal length",
+        "zero field of view",
         "no image at all",
     ],
 )
@@ -300,6 +308,9 @@ def test_save_grid__round_trip_without_pickle(tmp_path):
         (lambda a: a.update(valid=np.ones((4, 4, 5), np.uint8)), r"valid of shape \(4, 4, 5\), expected \(4, 4, 4\)"),
         (lambda a: a.update(labels=np.ones((4, 4), np.uint8)), r"labels of shape \(4, 4\)"),
         (lambda a: a.update(meta=np.array("{not json")), "meta is not JSON"),
+        (lambda a: a["rgbsigma"].__setitem__((1, 2, 3, 0), np.nan), "1 NaN or infinite values in rgbsigma"),
+        (lambda a: a.update(voxel_size=np.zeros(3, np.float32)), r"voxel_size \[0.0, 0.0, 0.0\] positive"),
+        (lambda a: a.update(bbox=np.array(BOX[::-1], np.float32)), r"bbox .* must be finite with max > min"),
     ],
 )
 def test_load_grid__bad_files_are_one_line_naming_the_file(tmp_path, change, pattern):
@@ -357,6 +368,9 @@ def test_bake__learns_a_known_grid_on_held_out_views():
     assert f["ssim"] > 0.8 and f["grid_ssim"] > 0.8
     assert result.grid["rgbsigma"].shape == (16, 16, 16, 4) and np.isfinite(result.grid["rgbsigma"]).all()
     assert len(result.pictures) == 1 and result.pictures[0][1].shape == (16, 48, 3)  # field | grid | truth
+    steps, seconds, curve = zip(*f["curve"], strict=True)  # held-out PSNR against training time
+    assert steps == tuple(range(30, 301, 30)) and list(seconds) == sorted(seconds) and seconds[-1] <= f["seconds"]
+    assert curve[-1] > curve[0] + 5 and abs(curve[-1] - f["psnr"]) < 1.5, f["curve"]  # 8192 pixels vs whole views
 
 
 def test_bake__never_trains_on_held_out_views():
@@ -407,6 +421,7 @@ def test_bake_lego__beats_the_mean_image_and_round_trips(shared, tmp_path):
     pictures = sorted(tmp_path.glob("lego_held_out_*.png"))
     assert [p.name for p in pictures] == ["lego_held_out_000.png", "lego_held_out_008.png"]
     assert Image.open(pictures[0]).size == (150, 50)
+    assert len(meta["curve"]) == 10 and meta["curve"][-1][0] == 150
 
 
 # --------------------------------------------------------------------------------------------- meshes

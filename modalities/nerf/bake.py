@@ -71,6 +71,7 @@ ALPHA_INIT = 1e-4  # alpha of an untrained voxel over one final voxel edge (DVGO
 COLOUR_MIN_WEIGHT = 1e-4  # after the coarse stage, samples of less weight skip the colour grid
 LR_FINAL = 0.1  # the learning rate decays exponentially to this fraction of --lr
 EVAL_CHUNK = 8192  # rays per forward pass when rendering whole views
+CURVE_POINTS, CURVE_RAYS = 10, 8192  # the PSNR curve: this many times, on this many fixed held-out pixels
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 GRID_KEYS = ("rgbsigma", "valid", "bbox", "voxel_size", "meta")  # every grid file has these arrays
 
@@ -151,7 +152,7 @@ class Render(NamedTuple):
 
 class BakeResult(NamedTuple):
     grid: dict  # save_grid's arrays: rgbsigma, valid, bbox, voxel_size
-    figures: dict  # psnr, ssim (held-out means) of the field and grid_psnr, grid_ssim of the stored grid, ...
+    figures: dict  # psnr, ssim (held-out means) of the field, grid_psnr, grid_ssim of the stored grid, curve, ...
     pictures: list  # [(frame, (H, 3W, 3) uint8 field render | stored grid render | truth)] of the first held-out views
 
 
@@ -399,6 +400,8 @@ def bake(scene: Scene, cfg: BakeConfig, progress: bool = True) -> BakeResult:
     optimiser = adam(field, cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     h, w = scene.images.shape[1:3]
+    *probe, probe_truth = held_out_pixels(scene, held, cfg.seed + 1)  # held-out PSNR against training time
+    marks, curve, evaluating = curve_marks(cfg.steps), [], 0.0  # evaluating: seconds not counted as training
     stage, running = 0, None
     bar = tqdm(range(cfg.steps), desc="bake", disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -423,6 +426,18 @@ def bake(scene: Scene, cfg: BakeConfig, progress: bool = True) -> BakeResult:
         field.add_regulariser_grads(cfg.tv_density, cfg.tv_colour, cfg.sh_decay)
         optimiser.step()
         running = mse.item() if running is None else 0.9 * running + 0.1 * mse.item()
+        if step + 1 in marks:
+            tick = time.perf_counter()
+            with torch.no_grad():
+                rgb = torch.cat(
+                    [
+                        field.render(o, d, samples[stage], scene.background, scene.near, scene.far, min_weight).rgb
+                        for o, d in zip(*(r.split(EVAL_CHUNK) for r in probe), strict=True)
+                    ]
+                )
+            seconds = tick - start - evaluating
+            curve.append([step + 1, round(seconds, 1), round(psnr(rgb[None], probe_truth[None]), 2)])
+            evaluating += time.perf_counter() - tick
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(psnr=f"{-10 * math.log10(max(running, 1e-10)):.2f}", grid="x".join(map(str, stages[stage])))
     min_weight = COLOUR_MIN_WEIGHT if stage else 0.0
@@ -438,6 +453,7 @@ def bake(scene: Scene, cfg: BakeConfig, progress: bool = True) -> BakeResult:
         "grid_ssim": ssim(stored, truth),
         "steps": cfg.steps,
         "seconds": round(time.perf_counter() - start, 1),  # training and evaluation
+        "curve": curve,  # [step, seconds of training, held-out PSNR of CURVE_RAYS fixed pixels]
         "train_views": len(train),
         "held_out_views": len(held),
         "held_out_frames": held.tolist(),
@@ -449,6 +465,31 @@ def bake(scene: Scene, cfg: BakeConfig, progress: bool = True) -> BakeResult:
         for i, frame in enumerate(held[: cfg.pictures].tolist())
     ]
     return BakeResult(grid, figures, pictures)
+
+
+def held_out_pixels(scene: Scene, held: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+    """CURVE_RAYS distinct pixels (or all) of the held-out views: their ray origins, directions (both
+    (R, 3)) and colours."""
+    h, w = scene.images.shape[1:3]
+    pick = torch.randperm(len(held) * h * w, generator=torch.Generator().manual_seed(seed))[:CURVE_RAYS]
+    view, rows, cols = held[pick // (h * w)], pick % (h * w) // w, pick % w
+    return *pixel_rays(scene.c2w[view], scene.intrinsics[view], rows + 0.5, cols + 0.5), scene.images[view, rows, cols]
+
+
+def write_bake(out: Path, result: BakeResult, scene_dir, scene_options: SceneOptions, cfg: BakeConfig) -> None:
+    """The grid as ``out`` (.npz, how it was made and its figures in meta) and its held-out pictures
+    beside it as OUT-STEM_held_out_FRAME.png."""
+    meta = {"source": "posed views", "scene": str(scene_dir), "scene_options": asdict(scene_options)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(out, result.grid, {**meta, "config": asdict(cfg), **result.figures})
+    for frame, picture in result.pictures:
+        with replacing(out.with_name(f"{out.stem}_held_out_{frame:03d}.png")) as tmp:
+            Image.fromarray(picture).save(tmp)
+
+
+def curve_marks(steps: int) -> set[int]:
+    """The steps (1-based) after which the PSNR curve is measured: CURVE_POINTS evenly spaced, the last one last."""
+    return {max(1, round(steps * k / CURVE_POINTS)) for k in range(1, CURVE_POINTS + 1)}
 
 
 def save_grid(path, grid: dict, meta: dict) -> None:
@@ -497,6 +538,14 @@ def load_grid(path) -> dict:
     for key, shape in expected.items():
         if key in arrays and arrays[key].shape != shape:
             raise DataError(f"{path}: {key} of shape {arrays[key].shape}, expected {shape}")
+    bad = int((~np.isfinite(rgbsigma)).sum())
+    if bad:
+        raise DataError(f"{path}: {bad} NaN or infinite values in rgbsigma")
+    bbox, voxel = arrays["bbox"].astype(np.float64), arrays["voxel_size"].astype(np.float64)
+    if not (np.isfinite(bbox).all() and (bbox[1] > bbox[0]).all() and np.isfinite(voxel).all() and (voxel > 0).all()):
+        raise DataError(
+            f"{path}: bbox {bbox.tolist()} must be finite with max > min, voxel_size {voxel.tolist()} positive"
+        )
     if arrays["meta"].dtype.kind != "U":
         raise DataError(f"{path}: meta must be a JSON string, got a {arrays['meta'].dtype} array")
     try:
@@ -560,24 +609,14 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = bake(scene, cfg, args.progress)
-    meta = {
-        "source": "posed views",
-        "scene": str(args.scene),
-        "scene_options": asdict(scene_options),
-        "config": asdict(cfg),
-        **result.figures,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(args.out, result.grid, meta)
-    for frame, picture in result.pictures:
-        with replacing(args.out.with_name(f"{args.out.stem}_held_out_{frame:03d}.png")) as tmp:
-            Image.fromarray(picture).save(tmp)
+    write_bake(args.out, result, args.scene, scene_options, cfg)
     f = result.figures
     print(
         f"{args.out}: {'x'.join(map(str, f['resolution']))} grid, held-out PSNR {f['psnr']:.2f} dB, SSIM "
         f"{f['ssim']:.3f} (stored grid: {f['grid_psnr']:.2f} dB, {f['grid_ssim']:.3f}) on {f['held_out_views']} views "
         f"({f['train_views']} trained on), {f['seconds']:.0f} s"
     )
+    print("held-out PSNR against training time: " + ", ".join(f"{t:.0f} s {p:.2f} dB" for _, t, p in f["curve"]))
     return 0
 
 

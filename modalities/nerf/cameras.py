@@ -214,7 +214,8 @@ def read_blender(scene_dir, options: SceneOptions = SceneOptions()) -> Scene:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file (a Blender scene has transforms_{{train,val,test}}.json)")
         meta = read_json(path)
-        angle = number(meta, "camera_angle_x", path)
+        if "camera_angle_x" not in meta:
+            raise DataError(f"{path}: no 'camera_angle_x' (a Blender scene's field of view)")
         for i, frame in enumerate(meta["frames"]):
             name = frame_file(frame, path, i)
             file = find_image(root, name)
@@ -225,7 +226,7 @@ def read_blender(scene_dir, options: SceneOptions = SceneOptions()) -> Scene:
             pose = frame_pose(frame, path, i)
             image = views.read(file)
             h, w = image.shape[:2]
-            focal = 0.5 * w / math.tan(0.5 * angle)
+            focal = focal_length(meta, "x", w, path)
             views.add(file, image, pose, (focal, focal, w / 2, h / 2))
     return views.scene(BLENDER_BBOX, *BLENDER_NEAR_FAR)
 
@@ -258,13 +259,19 @@ def camera_bbox(poses: np.ndarray) -> np.ndarray:
     return np.stack([centre - half, centre + half])  # (2, 3)
 
 
-def focal(meta: dict, axis: str, pixels: int, path: Path) -> float | None:
+def focal_length(meta: dict, axis: str, pixels: int, path: Path) -> float | None:
     """The focal length along ``axis`` ("x" or "y") in pixels: ``fl_<axis>``, else from the field of
     view ``camera_angle_<axis>`` over ``pixels``; None when the file gives neither."""
     if f"fl_{axis}" in meta:
-        return number(meta, f"fl_{axis}", path)
+        value = number(meta, f"fl_{axis}", path)
+        if value <= 0:
+            raise DataError(f"{path}: 'fl_{axis}' must be a positive number of pixels, got {value}")
+        return value
     if f"camera_angle_{axis}" in meta:
-        return 0.5 * pixels / math.tan(0.5 * number(meta, f"camera_angle_{axis}", path))
+        angle = number(meta, f"camera_angle_{axis}", path)
+        if not 0 < angle < math.pi:
+            raise DataError(f"{path}: 'camera_angle_{axis}' must be in (0, pi) radians, got {angle}")
+        return 0.5 * pixels / math.tan(0.5 * angle)
     return None
 
 
@@ -293,10 +300,10 @@ def read_instant_ngp(scene_dir, options: SceneOptions = SceneOptions()) -> Scene
         h, w = image.shape[:2]
         if "w" in merged and "h" in merged and (merged["w"], merged["h"]) != (w, h):
             raise DataError(f"{file}: {w}x{h} pixels where {path} says {merged['w']}x{merged['h']}")
-        fx = focal(merged, "x", w, path)
+        fx = focal_length(merged, "x", w, path)
         if fx is None:
             raise DataError(f"{path}: frame {i}: no focal length (fl_x or camera_angle_x)")
-        fy = focal(merged, "y", h, path) or fx
+        fy = focal_length(merged, "y", h, path) or fx
         cx = number(merged, "cx", path) if "cx" in merged else w / 2
         cy = number(merged, "cy", path) if "cy" in merged else h / 2
         views.add(file, image, pose, (fx, fy, cx, cy))

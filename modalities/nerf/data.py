@@ -1,41 +1,108 @@
-"""Radiance-grid datasets for the nerf recipe: the built-in procedural scenes, or a folder of
-baked grids (``.npz`` as ``modalities.nerf.bake.save_grid`` writes them) in the standard layouts.
+"""Radiance-grid datasets for the nerf recipe: the built-in procedural scenes, a folder of baked
+grids (``.npz`` as ``modalities.nerf.bake.save_grid`` writes them), or a folder of posed-image scenes
+baked into such grids first (``bake_scenes``, cached).
+
+Layouts of ``--data``:
+  grids    DIR/labels.csv or DIR/<class>/**.npz (labelled, ``modalities.common.discover``), or
+           DIR/*.npz (unlabelled: pretraining only).
+  scenes   a scene is a folder holding ``transforms.json`` (instant-ngp) or ``transforms_train.json``
+           (Blender); DIR/<class>/<scene>/ (labelled) bakes into OUT/grids/<class>/<scene>.npz,
+           DIR/<scene>/ or DIR itself (unlabelled) into OUT/grids/<scene>.npz. A folder of one layout
+           or the other, never both. DIR holds scenes when any of these folders has a transforms file.
 
 A grid's density becomes opacity over one voxel, ``alpha = 1 - exp(-sigma * l)`` with ``l`` the
 mean voxel edge in world units (NeRF-MAE, Irshad et al. 2024, feeds alpha computed the same way
 from the density of its sampled grids), so grids baked at different scales share one range. Grids
-are padded at the far corner to a common size, a multiple of the patch, with ``valid`` = 0 there.
+are padded at the far corner to a common size, a multiple of the patch, with ``valid`` = 0 there;
+a grid smaller than one patch is padded like any other. A grid with no occupied voxel (alpha above
+``NerfConfig.occupied`` nowhere) is bad data: one line naming the file, or skipped and counted
+under ``--skip-bad-files``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from modalities.common import DataError, DataSource, DomainData, discover, held_out_split, read_each, require_classes
+from modalities.common import (
+    DataError,
+    DataSource,
+    DomainData,
+    Sample,
+    discover,
+    held_out_split,
+    read_each,
+    require_classes,
+)
 from modalities.nerf.adapter import NerfConfig
-from modalities.nerf.bake import load_grid
+from modalities.nerf.bake import BakeConfig, bake, load_grid, write_bake
+from modalities.nerf.cameras import SceneOptions, read_scene
 from modalities.nerf.mesh import PRIMITIVES, procedural_scene
+
+log = logging.getLogger(__name__)
+VOXEL_CLASSES = ("empty", *PRIMITIVES)  # voxel label k: VOXEL_CLASSES[k] (bake.py's ``labels`` array)
+TRANSFORMS = ("transforms.json", "transforms_train.json")  # a folder holding either is a posed-image scene
 
 
 @dataclass(frozen=True)
 class NerfOptions:
+    task: str = field(
+        default="classify",
+        metadata={
+            "choices": ("classify", "segment"),
+            "help": "classify: probe and fine-tuning on scene labels; segment: voxel labelling (empty or the "
+            "primitive's kind) by a light 3-D decoder on the tokens, IoU per class on held-out grids",
+        },
+    )
     grid: int = field(default=32, metadata={"help": "voxels per axis of the built-in procedural scenes"})
-    patch: int = field(default=4, metadata={"help": "voxels per patch side (NeRF-MAE: 4 on 160^3 grids)"})
+    patch: int = field(
+        default=8,
+        metadata={"help": "voxels per patch side: 64 tokens a 32^3 grid (NeRF-MAE: 4 on 160^3 grids)"},
+    )
     scenes: int = field(default=400, metadata={"help": "built-in procedural scenes (80 %% train)"})
     augment: bool = field(
         default=True, metadata={"help": "random flips of the two horizontal axes and quarter turns about the up axis"}
     )
+    bake_grid: int = field(
+        default=32, metadata={"help": "posed-image scenes in --data: voxels along the longest side of the box"}
+    )
+    bake_steps: int = field(default=300, metadata={"help": "posed-image scenes: optimiser steps of each bake"})
+    bake_downscale: int = field(
+        default=4, metadata={"help": "posed-image scenes: shrink the images by this factor before baking"}
+    )
+    # the recipe's own stage (tasks.options.domain_stages): --stage bake alone bakes and stops
+    stages: ClassVar[dict[str, str]] = {
+        "bake": "posed-image scenes in --data -> OUT/grids/<class>/<scene>.npz (cached; --overwrite bakes again)"
+    }
 
     def __post_init__(self):
         if self.grid < self.patch or self.grid % self.patch:
             raise ValueError(f"NerfOptions.grid must be a multiple of the patch {self.patch}, got {self.grid}")
         if self.scenes < 10:
             raise ValueError(f"NerfOptions.scenes must be >= 10, got {self.scenes}")
+        if self.task not in ("classify", "segment"):
+            raise ValueError(f"NerfOptions.task must be classify or segment, got {self.task!r}")
+        try:
+            self.bake_config(), self.scene_options()
+        except ValueError as e:  # BakeConfig's and SceneOptions' messages start with the field's name
+            raise ValueError(f"NerfOptions.bake_{e}") from None
+
+    def bake_config(self) -> BakeConfig:
+        """Short bakes for a CPU: 1024 rays a step, 64 samples a ray, one upsampling (at 30 %)."""
+        return BakeConfig(
+            grid=self.bake_grid, steps=self.bake_steps, rays=1024, samples=64, upsample_at=(0.3,), pictures=1
+        )
+
+    def scene_options(self) -> SceneOptions:
+        return SceneOptions(downscale=self.bake_downscale)
 
 
 def opacity(sigma: np.ndarray, voxel_size) -> np.ndarray:
@@ -73,12 +140,15 @@ def pad_to(item: dict, size: tuple[int, int, int]) -> dict:
 
 
 class GridDataset(Dataset):
-    """Radiance grids in memory; items {"x": {"image": (4, X, Y, Z), "spacing": (3,)}, "y": class
-    index, "valid": (1, X, Y, Z)}. With ``augment``, the two horizontal axes are flipped at random
-    and, on square grids, turned by a random quarter about the up axis (z)."""
+    """Radiance grids in memory; items {"x": {"image": (4, X, Y, Z), "spacing": (3,)}, "y", "valid":
+    (1, X, Y, Z)}, "y" the scene's class index (``labels="scene"``) or its voxel labels (X, Y, Z)
+    long (``labels="voxels"``, 0 on padding). With ``augment``, the two horizontal axes are flipped
+    at random and, on square grids, turned by a random quarter about the up axis (z)."""
 
-    def __init__(self, items: list[dict], augment: bool = False):
-        self.items, self.augment = items, augment
+    def __init__(self, items: list[dict], augment: bool = False, labels: str = "scene"):
+        if labels not in ("scene", "voxels"):
+            raise ValueError(f"GridDataset.labels must be scene or voxels, got {labels!r}")
+        self.items, self.augment, self.labels = items, augment, labels
         self.class_ids = [it["label"] for it in items]
 
     def __len__(self) -> int:
@@ -86,16 +156,20 @@ class GridDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         it = self.items[i]
+        voxels = self.labels == "voxels"
         image, valid = it["image"], it["valid"]
+        y = it["voxels"] if voxels else it["label"]
         if self.augment:
-            both = torch.cat([image, valid])  # (5, X, Y, Z), moved together
+            moved = [image, valid, y[None].to(image.dtype)] if voxels else [image, valid]
+            both = torch.cat(moved)  # (5 or 6, X, Y, Z), moved together
             for axis in (1, 2):
                 if torch.rand(()) < 0.5:
                     both = both.flip(axis)
             if both.shape[1] == both.shape[2]:
                 both = both.rot90(int(torch.randint(4, ())), (1, 2))
-            image, valid = both[:4], both[4:]
-        return {"x": {"image": image, "spacing": it["spacing"]}, "y": it["label"], "valid": valid}
+            image, valid = both[:4], both[4:5]
+            y = both[5].long() if voxels else y
+        return {"x": {"image": image, "spacing": it["spacing"]}, "y": y, "valid": valid}
 
 
 def raw_features(dataset: GridDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,45 +209,142 @@ def procedural_items(n: int, grid: int, seed: int) -> list[dict]:
     return items
 
 
+def grid_samples(root) -> list[Sample]:
+    """The grids under ``root``: labelled (labels.csv or class folders) or, when ``root`` itself holds
+    .npz files, those unlabelled (label "")."""
+    root = Path(root)
+    flat = sorted(root.glob("*.npz")) if root.is_dir() else []
+    if not flat:
+        return discover(root, (".npz",))
+    if (root / "labels.csv").is_file() or any(p.is_dir() and any(p.rglob("*.npz")) for p in root.iterdir()):
+        raise DataError(f"{root}: .npz files both in the folder (unlabelled) and in class folders; use one layout")
+    return [Sample(p, "") for p in flat]
+
+
 def read_grids(root, skip_bad: bool) -> tuple[list[dict], list[str], list, list[str | None]]:
-    """Labelled ``.npz`` grids under ``root`` -> (items, classes, skipped, splits)."""
-    samples = discover(root, (".npz",))
-    classes = require_classes([s.label for s in samples], root)
+    """The ``.npz`` grids under ``root`` -> (items, classes, skipped, splits); unlabelled grids have
+    label -1 and no classes."""
+    samples = grid_samples(root)
+    labelled = samples[0].label != ""
+    classes = require_classes([s.label for s in samples], root) if labelled else []
 
     def read(sample):
-        return sample, prepare(load_grid(sample.path), str(sample.path), classes.index(sample.label))
+        item = prepare(load_grid(sample.path), str(sample.path), classes.index(sample.label) if labelled else -1)
+        if not (item["image"][3] > NerfConfig.occupied).any():
+            raise DataError(f"{sample.path}: no occupied voxel (alpha > {NerfConfig.occupied} nowhere): an empty grid")
+        return sample, item
 
     pairs, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
     return [p[1] for p in pairs], classes, skipped, [p[0].split for p in pairs]
 
 
-def build_domain(source: DataSource, opts: NerfOptions) -> DomainData:
-    """Datasets, adapter config and data card for the nerf recipe."""
+def find_scenes(root) -> list[tuple[str, Path]]:
+    """Posed-image scenes under ``root`` as (class, folder), class "" when unlabelled: ``root``
+    itself, its sub-folders (unlabelled), or the sub-folders of its class folders (labelled)."""
+    root = Path(root)
+
+    def is_scene(folder: Path) -> bool:
+        return any((folder / name).is_file() for name in TRANSFORMS)
+
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    if is_scene(root):
+        return [("", root)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    flat = [("", p) for p in folders if is_scene(p)]
+    nested = [
+        (c.name, p) for c in folders if not is_scene(c) for p in sorted(c.iterdir()) if p.is_dir() and is_scene(p)
+    ]
+    if flat and nested:
+        raise DataError(
+            f"{root}: scene folders ({flat[0][1].name}) beside class folders of scenes ({nested[0][0]}/): "
+            "use one layout"
+        )
+    return flat or nested
+
+
+def bake_scenes(
+    root, out: Path, opts: NerfOptions, overwrite: bool, skip_bad: bool, progress: bool = True
+) -> dict[str, object]:
+    """Bake every posed-image scene under ``root`` (``find_scenes``) into ``out/<class>/<scene>.npz``
+    (``out/<scene>.npz`` unlabelled) with one held-out picture beside it, as ``python -m
+    modalities.nerf.bake`` does; a grid already there is kept unless ``overwrite``. A scene that
+    cannot be read stops with one line naming the file, or with ``skip_bad`` is logged and counted.
+    Returns figures for metrics.json."""
+    if root is None:
+        raise DataError("--stage bake needs --data: a folder of posed-image scenes")
+    scenes = find_scenes(root)
+    if not scenes:
+        raise DataError(f"{root}: no posed-image scenes (folders holding {' or '.join(TRANSFORMS)})")
+    cfg, scene_options = opts.bake_config(), opts.scene_options()
+
+    def one(entry: tuple[str, Path]) -> str:
+        label, folder = entry
+        grid_file = out / label / f"{folder.name}.npz"
+        if grid_file.is_file() and not overwrite:
+            return "cached"
+        try:
+            scene = read_scene(folder, scene_options)
+        except FileNotFoundError as e:  # a missing image: bad data like any other
+            raise DataError(str(e)) from None
+        result = bake(scene, cfg, progress and sys.stderr.isatty())
+        write_bake(grid_file, result, folder, scene_options, cfg)
+        f = result.figures
+        log.info(
+            "baked %s -> %s: held-out PSNR %.2f dB (stored grid %.2f), %.0f s",
+            folder,
+            grid_file,
+            f["psnr"],
+            f["grid_psnr"],
+            f["seconds"],
+        )
+        return "baked"
+
+    done, skipped = read_each(scenes, one, skip_bad, name=lambda e: str(e[1]))
+    baked, cached = done.count("baked"), done.count("cached")
+    log.info("%s: %d scenes baked, %d cached, %d skipped", out, baked, cached, len(skipped))
+    return {"scenes": str(root), "baked_scenes": baked, "cached_scenes": cached, "skipped_scenes": len(skipped)}
+
+
+def build_domain(source: DataSource, opts: NerfOptions, baked: dict | None = None) -> DomainData:
+    """Datasets, adapter config and data card for the nerf recipe; ``baked``: what ``bake_scenes``
+    returned when ``source.data`` holds the grids it baked."""
     if source.data is None:
         items = procedural_items(opts.scenes, opts.grid, source.seed)
         classes, splits, skipped, card = list(PRIMITIVES), [None] * len(items), [], "data_cards/nerf_procedural.md"
     else:
         items, classes, skipped, splits = read_grids(source.data, source.skip_bad_files)
         card = f"user data at {source.data}"
+        if baked is not None:
+            card = f"posed-image scenes at {baked['scenes']}, baked into {source.data} (modalities/nerf/bake.py)"
     if not items:
         raise DataError(f"{source.data}: no readable grids")
+    voxels = opts.task == "segment"
+    if voxels:
+        classes = list(VOXEL_CLASSES)
+        for it in items:
+            if "voxels" not in it:
+                raise DataError(f"{it['name']}: no labels array; --task segment needs voxel labels")
+            if int(it["voxels"].max()) >= len(classes):
+                raise DataError(f"{it['name']}: voxel label {int(it['voxels'].max())} beyond {', '.join(classes)}")
     size = tuple(math.ceil(max(it["image"].shape[1 + a] for it in items) / opts.patch) * opts.patch for a in range(3))
     items = [pad_to(it, size) for it in items]
     train_idx, held_idx = held_out_split(
         [str(it["label"]) for it in items], [it["name"] for it in items], splits, source.seed
     )
     train, held = [items[i] for i in train_idx], [items[i] for i in held_idx]
+    labels = "voxels" if voxels else "scene"
     spacing = torch.stack([it["spacing"] for it in items])
     return DomainData(
         pretrain=GridDataset(train, augment=opts.augment),
-        finetune=GridDataset(train, augment=opts.augment),
-        train_eval=GridDataset(train),
-        held_out=GridDataset(held),
+        finetune=GridDataset(train, augment=opts.augment, labels=labels),
+        train_eval=GridDataset(train, labels=labels),
+        held_out=GridDataset(held, labels=labels),
         classes=classes,
         adapter={"name": "nerf", **asdict(NerfConfig(patch=(opts.patch,) * 3, size=size))},
         data_card=card,
         render=render_views,
-        raw_features=raw_features,
+        raw_features=None if voxels else raw_features,
         info={
             "train_grids": len(train),
             "eval_grids": len(held),
@@ -184,5 +355,6 @@ def build_domain(source: DataSource, opts: NerfOptions) -> DomainData:
             "occupied_fraction": float(torch.stack([(it["image"][3] > 0.01).float().mean() for it in items]).mean()),
             "skipped_files": len(skipped),
             "skipped": skipped,
+            **(baked or {}),
         },
     )
