@@ -35,26 +35,32 @@ def grids(n: int = 2, grid: int = 8) -> dict:
     return {"image": torch.rand(n, 4, grid, grid, grid), "spacing": torch.full((n, 3), 0.25)}
 
 
-def test_labeller__logits_per_voxel_and_padding_costs_nothing():
+def test_labeller__kinds_per_occupied_voxel_and_no_loss_where_empty_or_padding():
     model = VoxelLabeller(nerf_encoder(), len(VOXEL_CLASSES), class_weights=torch.rand(6) + 0.5)
     x = grids()
-    assert model(x).logits.shape == (2, 6, 8, 8, 8) and model(x).loss is None
-    y = torch.randint(0, 6, (2, 8, 8, 8))
+    x["image"][:, 3] = 0.5
+    x["image"][:, 3, :2] = 0.005  # the first two x layers are empty (alpha at or below 0.01)
+    out = model(x)
+    assert out.logits.shape == (2, 6, 8, 8, 8) and out.loss is None
+    pred = out.logits.argmax(1)
+    assert (pred[:, :2] == 0).all() and (pred[:, 2:] > 0).all()  # empty where the grid is, a kind elsewhere
+    y = torch.randint(1, 6, (2, 8, 8, 8))
     valid = torch.ones(2, 1, 8, 8, 8)
     valid[..., 6:] = 0  # the last two z layers are padding
     loss = model(x, y, valid).loss
     other = y.clone()
-    other[..., 6:] = (other[..., 6:] + 1) % 6  # other labels on padding only
+    other[..., 6:] = other[..., 6:] % 5 + 1  # other kinds on padding only
+    other[:, :2] = 0  # and on empty voxels
     assert torch.equal(model(x, other, valid).loss, loss)
-    other[..., 0] = (other[..., 0] + 1) % 6  # and on valid voxels
+    other[:, 3, 3, 3] = other[:, 3, 3, 3] % 5 + 1  # and on a valid occupied voxel
     assert not torch.equal(model(x, other, valid).loss, loss)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
-    # the refinement starts at zero: the voxels of the last patch (1, 1, 1) hold the last token's logits
+    # the voxels of the last patch (1, 1, 1) hold the last token's kinds
     with torch.no_grad():
         tokens = model.encoder(x).tokens  # (2, 8, D)
-        last = model.proj(model.norm(tokens[:, 7])).view(2, 4, 4, 4, 6).permute(0, 4, 1, 2, 3)  # (p0 p1 p2 c)
-    torch.testing.assert_close(model(x).logits[..., 4:, 4:, 4:], last)
+        last = model.proj(model.norm(tokens[:, 7])).view(2, 4, 4, 4, 5).permute(0, 4, 1, 2, 3)  # (p0 p1 p2 c)
+    torch.testing.assert_close(out.logits[:, 1:, 4:, 4:, 4:], last)
 
 
 def test_labeller__frozen_encoder_gets_no_gradient():
@@ -64,8 +70,10 @@ def test_labeller__frozen_encoder_gets_no_gradient():
         torch.testing.assert_close(model(x, tokens=model.encoder(x).tokens).logits, model(x).logits)
     model(x, torch.randint(0, 3, (2, 8, 8, 8))).loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in model.encoder.parameters())  # not even optimised
-    assert model.proj.weight.grad is not None and model.refine.weight.grad is not None
-    with pytest.raises(ValueError, match="classes must be >= 2, got 1"):
+    assert model.proj.weight.grad is not None
+    nothing = model(x, torch.zeros(2, 8, 8, 8, dtype=torch.long))  # no voxel labelled with a kind: loss 0
+    assert nothing.loss == 0 and nothing.loss.requires_grad
+    with pytest.raises(ValueError, match="classes must be >= 2 .*, got 1"):
         VoxelLabeller(nerf_encoder(), 1)
 
 

@@ -115,3 +115,18 @@ def test_posed_scenes_bake_once_into_class_folders_then_train(tmp_path):
     assert (metrics["data/cached_scenes"], metrics["data/baked_scenes"]) == (4, 0)
     assert metrics["data/classes"] == ["round", "square"] and metrics["data/grid_size"] == [8, 8, 8]
     assert metrics["pretrain/steps"] == 2 and np.isfinite(metrics["pretrain/eval_loss"])
+
+
+def test_short_pretraining_beats_the_baselines_and_labels_voxels_better_than_a_random_encoder(tmp_path):
+    """The Done-when of the NeRF issue at test size (16^3 grids, 4^3 patches, 800 steps of the mini
+    encoder, about 70 s): held-out reconstruction below both of the adapter's baselines (0.0247
+    against patch mean 0.0258, dataset mean 0.0441 when written) and a labelling probe of the
+    pretrained encoder above the same probe of a random one (0.211 against 0.202) and above the
+    shape-blind predictors."""
+    out = tmp_path / "run"
+    args = ["--task", "segment", "--grid", "16", "--patch", "4", "--scenes", "400", "--max-steps", "800"]
+    launch_recipe("nerf", *args, "--probe-steps", "200", "--stage", "pretrain,probe", "--out", out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pretrain/eval_loss"] < min(m["pretrain/eval_loss_patch_mean"], m["pretrain/eval_loss_dataset_mean"]), m
+    assert m["probe/iou_mean"] > m["probe_random_init/iou_mean"], m
+    assert m["probe/iou_mean"] > m["labelling_occupied_majority/iou_mean"] + 0.05, m
