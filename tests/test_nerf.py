@@ -2,6 +2,8 @@
 built-in procedural set and its pictures, the layouts of --data (grids, posed-image scenes), voxel
 labels for --task segment, the recipe's own --stage bake."""
 
+import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -48,6 +50,38 @@ def test_targets__colour_counts_where_occupied_opacity_wherever_valid():
     assert torch.equal(adapter.unpatchify(values, x), image)  # values in [0, 1] as they are
     assert back[0, :3, 0, 0, 0].tolist() == [2.0, 2.0, 2.0] and back[0, :3].sum() == 6.0  # only the occupied voxel
     assert torch.equal(back[0, 3], 0.5 * valid[0, 0])  # opacity everywhere but padding
+
+
+def test_mae_loss__equals_a_voxel_by_voxel_reference():
+    """NeRF-MAE's loss written out voxel by voxel: over the hidden valid voxels of each grid, colour
+    error x colour weight where alpha > 0.01, opacity error x opacity weight, divided by the weights'
+    sum; the mean over grids. The model's loss must be the same number."""
+    adapter = nerf_adapter(colour_weight=2.0, opacity_weight=0.5)
+    torch.manual_seed(0)
+    image = torch.rand(2, 4, 4, 4, 4)
+    image[:, 3] = (image[:, 3] > 0.6) * image[:, 3]  # about 40 % occupied
+    valid = torch.ones(2, 1, 4, 4, 4)
+    valid[1, :, 3] = 0  # the second grid's last x layer is padding
+    x = {"image": image, "spacing": torch.full((2, 3), 0.1)}
+    mae = MaskedAutoencoder(adapter, dataclasses.replace(TINY_MAE, norm_target=False))
+    out = mae(x, valid, generator=torch.Generator().manual_seed(0))
+    full = torch.zeros(2, 8, adapter.target_dim)  # every token's prediction, zero where visible
+    full.scatter_(1, out.ids_pred[..., None].expand_as(out.pred), out.pred)
+    pred = adapter.unpatchify(full, x)  # (2, 4, 4, 4, 4) in the grid's layout
+    hidden = adapter.unpatchify(out.mask.float()[..., None].expand(-1, -1, adapter.target_dim), x)[:, 0]
+    per_grid = []
+    for b in range(2):
+        error = weight = 0.0
+        for i, j, k in itertools.product(range(4), repeat=3):
+            if not hidden[b, i, j, k] or not valid[b, 0, i, j, k]:
+                continue
+            terms = [(3, 0.5)] + ([(c, 2.0) for c in range(3)] if image[b, 3, i, j, k] > 0.01 else [])
+            for c, w in terms:
+                error += w * float(pred[b, c, i, j, k] - image[b, c, i, j, k]) ** 2
+                weight += w
+        per_grid.append(error / max(weight, 1.0))
+    assert out.mask.sum() == 12  # 6 of the 8 tokens a grid hidden: a real mix of hidden and visible
+    assert float(out.loss) == pytest.approx(sum(per_grid) / 2, rel=1e-5)
 
 
 def test_config__bad_values_name_the_field():
