@@ -58,8 +58,8 @@ class NerfOptions:
         default="classify",
         metadata={
             "choices": ("classify", "segment"),
-            "help": "classify: probe and fine-tuning on scene labels; segment: voxel labelling (empty or the "
-            "primitive's kind) by a light 3-D decoder on the tokens, IoU per class on held-out grids",
+            "help": "classify: probe and fine-tuning on scene labels; segment: voxel labelling (each occupied "
+            "voxel's primitive kind) by a linear decoder per token, IoU per class on held-out grids",
         },
     )
     grid: int = field(default=32, metadata={"help": "voxels per axis of the built-in procedural scenes"})
