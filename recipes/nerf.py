@@ -13,10 +13,10 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from modalities.nerf import labelling
 from modalities.nerf.data import NerfOptions, bake_scenes, build_domain, find_scenes
 from tasks.options import parse
 from tasks.run import run, run_main
+from tasks.voxel_labels import STAGES
 
 # a short default job on a CPU: 64 tokens a 32^3 grid (patch 8), 16 of them visible, about 0.15 s a pretraining
 # step of the mini encoder on one busy core (tiny on 512 tokens: 2 s); what was tried: data_cards/nerf_procedural.md.
@@ -45,7 +45,7 @@ def main():
         source = dataclasses.replace(source, data=str(grids))
     if opts.run.stages:  # anything but --stage bake alone
         data = build_domain(source, opts.domain, baked)
-        run(opts, data, labelling.STAGES if opts.domain.task == "segment" else None)
+        run(opts, data, STAGES if opts.domain.task == "segment" else None)
 
 
 if __name__ == "__main__":

@@ -19,30 +19,21 @@ weights. Metrics on held-out grids: IoU per class (empty included), their mean o
 classes with a non-empty union, beside two predictors that know no shapes: all empty, and every
 occupied voxel labelled with the training split's most frequent kind.
 
-The stages (``STAGES``, ``tasks.run.Stage``'s signature) get the run's session handed in (its
-loader, ``fit``, accelerator and folder), so this module imports nothing above the modalities.
+The stages that train and score it in a run are ``tasks.voxel_labels.STAGES``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from foundations.checkpoint import CheckpointError
-from foundations.files import replacing
-from foundations.heads import layer_decay_groups
 from foundations.metrics import confusion_matrix
-from foundations.train import TrainConfig
 from foundations.vit import Encoder
-from modalities import build_adapter, load_encoder
 from modalities.common import DomainData
 from modalities.nerf.data import composite
 
@@ -219,72 +210,3 @@ def picture(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, zoom:
         rows.append(torch.cat([view, truth_view, pred_view], 1))
     grid = torch.cat(rows, 0).to(torch.uint8)  # (B X, 3 Y, 3)
     return grid.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
-
-
-def train_and_score(session, data: DomainData, encoder: Encoder, opts, name: str, freeze: bool) -> dict:
-    """Train a labeller on ``encoder`` (frozen, or fine-tuned with layer-wise lr decay) over the
-    training grids; IoU on the held-out grids, and their picture in OUT/segmentations/<name>/."""
-    acc, run = session.acc, session.run
-    train = data.finetune.items
-    weights = voxel_class_weights([it["voxels"] for it in train], [it["valid"] for it in train], len(data.classes))
-    model = VoxelLabeller(encoder.to(acc.device), len(data.classes), freeze=freeze, class_weights=weights)
-    # a frozen encoder's tokens of the training grids (not augmented) are computed once: a probe step of
-    # 16 32^3 grids took 0.3 s on one core instead of 0.85 (mini encoder, patch 4)
-    grids = WithTokens(data.train_eval, encoder, acc.device, run.batch_size) if freeze else data.finetune
-    dl = session.loader(grids, shuffle=True)
-    steps = opts.probe_steps if freeze else opts.finetune_steps
-    cfg = TrainConfig(
-        max_steps=steps,
-        batch_size=dl.batch_size,
-        base_lr=PROBE_LR if freeze else opts.finetune_lr,
-        warmup_steps=max(1, steps // 10),
-        checkpoint_every=run.checkpoint_every,
-    )
-    groups = None if freeze else layer_decay_groups(model, cfg.weight_decay, opts.layer_decay)
-    loss = lambda m, b: m(b["x"], b["y"], b["valid"], b.get("tokens")).loss  # noqa: E731
-    session.fit(model, dl, loss, cfg, name, param_groups=groups)
-    model = acc.unwrap_model(model)
-    pred, truth, valid, images = predict(model, data.held_out, acc.device, run.batch_size)
-    metrics = iou_metrics(valid_confusion(pred, truth, valid, len(data.classes)), data.classes)
-    if acc.is_main_process:
-        folder = session.out / "segmentations" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        shown = slice(0, PICTURES)
-        with replacing(folder / "held_out.png") as tmp:
-            Image.fromarray(picture(images[shown], truth[shown], pred[shown]).numpy()).save(tmp)
-    acc.wait_for_everyone()
-    return {f"{name}/{k}": v for k, v in metrics.items()}
-
-
-def checked_encoder(encoder_dir: Path, adapter: dict) -> Encoder:
-    """The pretrained encoder in ``encoder_dir``, which must be a radiance-grid one."""
-    if not (Path(encoder_dir) / "config.json").is_file():
-        raise CheckpointError(
-            f"{encoder_dir}: no pretrained encoder here; run --stage pretrain first or pass --encoder DIR"
-        )
-    encoder = load_encoder(encoder_dir)
-    theirs = encoder.adapter.config_dict()
-    if (theirs.get("name"), theirs.get("channels")) != (adapter["name"], adapter["channels"]):
-        raise CheckpointError(f"{encoder_dir}: a {theirs.get('name')} encoder, voxel labelling needs a nerf one")
-    return encoder
-
-
-def label(session, data: DomainData, encoder_dir: Path, opts, freeze: bool) -> dict:
-    """A later stage of a run (``tasks.run.Stage``): "probe" trains the labeller on the frozen
-    encoder, "finetune" trains encoder and labeller together with layer-wise lr decay. With
-    ``opts.probe_baselines`` each stage also runs on a randomly initialised encoder of the same
-    shape (``probe_random_init``, ``finetune_random_init``: NeRF-MAE's comparison with training from
-    scratch), and the probe scores the shape-blind predictors."""
-    encoder = checked_encoder(encoder_dir, data.adapter)
-    name = "probe" if freeze else "finetune"
-    results = train_and_score(session, data, encoder, opts, name, freeze)
-    if opts.probe_baselines:
-        torch.manual_seed(session.seed)
-        random_init = Encoder(build_adapter(data.adapter, encoder.cfg.dim), encoder.cfg)
-        results |= train_and_score(session, data, random_init, opts, f"{name}_random_init", freeze)
-    if freeze and opts.probe_baselines:
-        results |= baselines(data, encoder.adapter.config.occupied)
-    return results
-
-
-STAGES = {"probe": functools.partial(label, freeze=True), "finetune": functools.partial(label, freeze=False)}
