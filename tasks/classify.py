@@ -1,7 +1,9 @@
-"""Classification with a pretrained encoder: a linear probe on frozen features (MAE's protocol)
-and fine-tuning with layer-wise lr decay, optionally with mixup (Zhang et al. 2018) and test-time
-voting over augmented views. Single-label tasks report accuracy, balanced accuracy, macro-F1
-(AUROC for two classes); multi-label tasks (``DomainData.multi_label``) mean average precision."""
+"""Classification with a pretrained encoder: probes of its frozen, cached features (linear, MAE's
+protocol; kNN; efficient and standard attentive probing on patch tokens: ``foundations.probes``)
+beside the same probes on a random encoder and on the raw input, and fine-tuning with layer-wise
+lr decay, optionally with mixup (Zhang et al. 2018) and test-time voting over augmented views.
+Single-label tasks report accuracy, balanced accuracy, macro-F1 (AUROC for two classes);
+multi-label tasks (``DomainData.multi_label``) mean average precision."""
 
 from __future__ import annotations
 
@@ -13,13 +15,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from foundations.checkpoint import load_state
+from foundations.files import write_text
 from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
 from foundations.metrics import classification_metrics, multilabel_metrics
+from foundations.probes import AttentiveProbe, EfficientProbe, knn_scores, parameter_count
 from foundations.train import TrainConfig
 from foundations.vit import Encoder
 from modalities import build_adapter, load_encoder
-from modalities.common import DomainData
+from modalities.common import DataError, DomainData
+from tasks.features import Features, cached
 from tasks.options import FinetuneOptions
+from tasks.plots import bar_chart
 from tasks.session import Session, check_encoder
 
 
@@ -73,51 +79,113 @@ def finetune_config(opts: FinetuneOptions, steps: int, batch_size: int, checkpoi
     )
 
 
+TOKEN_PROBES = ("ep", "attentive")  # read patch tokens, not pooled features
+PROBE_LR = {"linear": 0.1, "ep": 1e-2, "attentive": 1e-3}  # AdamW base lr (x batch / 256)
+
+
+def probe_stage(kind: str, baseline: str = "") -> str:
+    """Where a probe's figures go: probe/ (linear), probe_knn/ ..., then _random_init or _raw_input."""
+    return ("probe" if kind == "linear" else f"probe_{kind}") + baseline
+
+
 def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions) -> dict:
-    """The linear probe on the encoder's pooled features; with ``opts.probe_baselines`` the same
-    probe on a randomly initialised encoder of the same shape (``probe_random_init/``) and, where the
-    domain has them, on features of the raw input (``probe_raw_input/``, ``DomainData.raw_features``),
-    so that a table shows at a glance what pretraining added."""
+    """The probes ``opts.probes`` on the encoder's cached features (``tasks.features``); with
+    ``opts.probe_baselines`` the same on a randomly initialised encoder of the same shape
+    (``*_random_init/``) and, where the domain has them, on features of the raw input
+    (``*_raw_input/``, ``DomainData.raw_features``; no tokens, so no attentive probes), so that the
+    table (``probes.md``, ``probes.png``) shows at a glance what pretraining added."""
     check_encoder(encoder_dir, data.adapter)
     acc = session.acc
     encoder = load_encoder(encoder_dir, acc.device)
-    results = linear_probe(session, data, encoder, opts, "probe")
+    results = probe_encoder(session, data, encoder, opts, "encoder")
     if opts.probe_baselines:
         torch.manual_seed(session.seed)
         random_init = Encoder(build_adapter(data.adapter, encoder.cfg.dim), encoder.cfg).to(acc.device)
-        results |= linear_probe(session, data, random_init, opts, "probe_random_init")
+        results |= probe_encoder(session, data, random_init, opts, "random_init")
         if data.raw_features is not None:
-            raw = (*data.raw_features(data.train_eval), *data.raw_features(data.held_out))
-            results |= linear_probe(session, data, raw, opts, "probe_raw_input")
+            train_x, train_y = data.raw_features(data.train_eval)
+            eval_x, eval_y = data.raw_features(data.held_out)
+            train, held_out = Features(train_x, None, train_y, []), Features(eval_x, None, eval_y, [])
+            for kind in (k for k in opts.probes if k not in TOKEN_PROBES):
+                results |= run_probe(session, data, kind, train, held_out, opts, probe_stage(kind, "_raw_input"))
+    report_probes(session.out, results, opts.probes, headline(data))
     return results
 
 
-def linear_probe(session: Session, data: DomainData, features, opts: FinetuneOptions, stage: str) -> dict:
-    """A linear head (BatchNorm without affine, then linear: MAE's protocol) on frozen features:
-    an encoder's pooled features, or given (train x, train y, held-out x, held-out y)."""
-    acc = session.acc
-    if isinstance(features, torch.nn.Module):
-        train_x, train_y = predict(features, data.train_eval, session, key="features")
-        eval_x, eval_y = predict(features, data.held_out, session, key="features")
-    else:
-        train_x, train_y, eval_x, eval_y = features
-    head = LinearProbeHead(train_x.shape[1], len(data.classes))
-    model = Classifier(None, head, class_weights=weights(data, train_y), multi_label=data.multi_label)
-    dl = session.loader(TensorDataset(train_x, train_y), shuffle=True, batch_size=256)
+def probe_encoder(session: Session, data: DomainData, encoder, opts: FinetuneOptions, name: str) -> dict:
+    """Every probe of ``opts.probes`` on ``encoder``'s features, cached in ``out/features/<name>/``."""
+    tokens = any(k in TOKEN_PROBES for k in opts.probes)
+    splits = {}
+    for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
+        key = {"adapter": data.adapter, "preprocessing": data.preprocessing, "items": len(dataset)}
+        key |= {"names": getattr(dataset, "names", None), "class_ids": getattr(dataset, "class_ids", None)}
+        path = session.out / "features" / name / f"{split}.safetensors"
+        splits[split] = cached(session, encoder, dataset, path, key, tokens)
+    baseline = "" if name == "encoder" else f"_{name}"
+    train, held_out = splits["train"], splits["held_out"]
+    results = {}
+    for kind in opts.probes:
+        results |= run_probe(session, data, kind, train, held_out, opts, probe_stage(kind, baseline))
+    return results
+
+
+def run_probe(
+    session: Session, data: DomainData, kind: str, train: Features, held_out: Features, opts: FinetuneOptions, stage
+) -> dict:
+    """One probe trained on ``train`` and scored on ``held_out``: kNN on the pooled features, or a
+    head (linear on pooled features; EP or attentive on patch tokens) trained with AdamW."""
+    n_classes = len(data.classes)
+    if kind == "knn":
+        scores = knn_scores(train.pooled, train.labels, held_out.pooled, n_classes)
+        logits = scores.clamp_min(1e-6).log()  # softmax gives the votes back (AUROC)
+        return {f"{stage}/{k}": v for k, v in metrics(data, logits, held_out.labels).items()}
+    if kind in TOKEN_PROBES and (train.tokens is None or held_out.tokens is None):
+        raise DataError(f"{stage}: the {kind} probe reads patch tokens; these features have none")
+    x, eval_x = (train.tokens, held_out.tokens) if kind in TOKEN_PROBES else (train.pooled, held_out.pooled)
+    head = {"linear": LinearProbeHead, "ep": EfficientProbe, "attentive": AttentiveProbe}[kind](x.shape[-1], n_classes)
+    model = Classifier(None, head, class_weights=weights(data, train.labels), multi_label=data.multi_label)
+    dl = session.loader(TensorDataset(x, train.labels), shuffle=True, batch_size=256)
     cfg = TrainConfig(
         max_steps=opts.probe_steps,
         batch_size=dl.batch_size,
-        base_lr=0.1,
-        weight_decay=0.0,
+        base_lr=PROBE_LR[kind],
+        weight_decay=0.0 if kind == "linear" else 0.05,
         warmup_steps=max(1, opts.probe_steps // 10),
         clip_grad=None,
         checkpoint_every=opts.probe_steps,
     )
     session.fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, stage)
-    model = acc.unwrap_model(model).eval()
+    model = session.acc.unwrap_model(model).eval()
     with torch.no_grad():
-        logits = model(eval_x.to(acc.device)).logits.cpu()
-    return {f"{stage}/{k}": v for k, v in metrics(data, logits, eval_y).items()}
+        logits = torch.cat([model(b.to(session.acc.device)).logits.cpu() for b in eval_x.split(256)])
+    out = {f"{stage}/{k}": v for k, v in metrics(data, logits, held_out.labels).items()}
+    return out | {f"{stage}/parameters": parameter_count(head)}
+
+
+def headline(data: DomainData) -> str:
+    return "mAP" if data.multi_label else "balanced_accuracy"
+
+
+def report_probes(out: Path, results: dict, kinds, metric: str) -> None:
+    """``probes.md``: every probe (rows) on the encoder, a random one and the raw input, with the
+    held-out figures (columns) and each head's parameters; ``probes.png``: ``metric`` as bars."""
+    encoders = {"encoder": "", "random init": "_random_init", "raw input": "_raw_input"}
+    figures = [
+        k
+        for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "mAP", "micro_f1")
+        if any(key.endswith(f"/{k}") for key in results)
+    ]
+    lines = [f"| probe | features | {' | '.join(figures)} | parameters |", "|---" * (len(figures) + 3) + "|"]
+    bars = {kind: dict.fromkeys(encoders) for kind in kinds}
+    for kind in kinds:
+        for name, baseline in encoders.items():
+            stage = probe_stage(kind, baseline)
+            if f"{stage}/{metric}" in results:
+                bars[kind][name] = results[f"{stage}/{metric}"]
+                cells = [f"{results[f'{stage}/{k}']:.4f}" if f"{stage}/{k}" in results else "-" for k in figures]
+                lines.append(f"| {kind} | {name} | {' | '.join(cells)} | {results.get(f'{stage}/parameters', 0)} |")
+    write_text(out / "probes.md", "held-out figures of each probe\n\n" + "\n".join(lines) + "\n")
+    bar_chart(bars, out / "probes.png", f"held-out {metric}")
 
 
 def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, mix: float = 0.0) -> dict:

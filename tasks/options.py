@@ -24,6 +24,7 @@ from foundations.vit import PRESETS
 from modalities.common import DataSource
 
 STAGES = ("pretrain", "probe", "finetune", "extract")  # in the order they run
+PROBES = ("linear", "knn", "ep", "attentive")  # tasks.classify's probes of a frozen encoder
 RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options; ignored as --config
 
 
@@ -181,7 +182,15 @@ class PretrainOptions:
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    probe_steps: int = field(default=300, metadata={"help": "linear-probe optimizer steps"})
+    probe: str = field(
+        default="all",
+        metadata={
+            "help": "probes of the frozen encoder, comma-separated, from linear (pooled features), knn (k=20, "
+            "cosine), ep (efficient attentive probing on patch tokens, 32 queries), attentive (one-query "
+            "cross-attention block); all: the four. Features are computed once into OUT/features/"
+        },
+    )
+    probe_steps: int = field(default=300, metadata={"help": "optimizer steps of each trained probe"})
     probe_baselines: bool = field(
         default=True,
         metadata={
@@ -202,6 +211,15 @@ class FinetuneOptions:
     def __post_init__(self):
         if min(self.probe_steps, self.finetune_steps) < 1:
             raise ValueError("--probe-steps and --finetune-steps must be >= 1")
+        unknown = set(self.probes) - set(PROBES)
+        if unknown or not self.probes:
+            raise ValueError(f"--probe {self.probe}: choose all or from {','.join(PROBES)}, comma-separated")
+
+    @property
+    def probes(self) -> tuple[str, ...]:
+        """``--probe`` as the probes it names, in the order of ``PROBES``."""
+        named = PROBES if self.probe == "all" else tuple(self.probe.split(","))
+        return tuple(p for p in PROBES if p in named) + tuple(p for p in named if p not in PROBES)
 
 
 @dataclass(frozen=True)

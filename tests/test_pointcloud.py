@@ -3,15 +3,18 @@ import open3d as o3d
 import pytest
 import torch
 
-from modalities.common import DataError
+from modalities.common import DataError, DataSource
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig, chamfer_distance
 from modalities.pointcloud.data import (
     SHAPE_CLASSES,
     CloudDataset,
     PointCloudAugment,
     PointCloudOptions,
+    build_domain,
     load_clouds,
     make_shape,
+    raw_features,
+    shape_distribution,
 )
 from modalities.pointcloud.io import check_cloud, normalize_cloud, read_cloud
 from modalities.pointcloud.tokenizer import PointPatches, farthest_point_sample, group_points, knn
@@ -314,3 +317,52 @@ def test_load_clouds__max_points_makes_big_clouds_bad_files(tmp_path):
     np.savez(npz, train_points=rng.normal(size=(2, 100, 3)), train_labels=np.array([0, 1]))  # MedMNIST style
     with pytest.raises(DataError, match=r"splits.npz\[train\]\[0\]: 100 points, over the --max-points limit of 50"):
         load_clouds(npz, 64, "uniform", skip_bad=False, progress=False, max_points=50)
+
+
+# ------------------------------------------------------------------------------- probe baseline
+def random_rotation(seed: int) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))  # (3, 3) orthogonal
+
+
+def test_raw_features__cube_corners_edge_face_and_space_diagonals_12_12_4():
+    """The 8 corners of a unit cube lie sqrt(3) / 2 from their centroid: in that unit the edges
+    are 2 / sqrt(3) = 1.155 (bin 18 of 32 over [0, 2]), the face diagonals 1.633 (bin 26) and the
+    space diagonals 2 (bin 31); every corner is 1 from the centroid (bin 31 of the second half)."""
+    cube = torch.tensor([[x, y, z] for x in (0.0, 1.0) for y in (0.0, 1.0) for z in (0.0, 1.0)])
+    moved = (cube.double() @ random_rotation(0) * 7.5 + 3.0).float()  # rotated, scaled, shifted
+    features, targets = raw_features(CloudDataset([cube, moved], ["box", "box"], ["a", "box"], n_points=8))
+    pairs = torch.zeros(32)
+    pairs[[18, 26, 31]] = torch.tensor([12.0, 12.0, 4.0]) / 28
+    centre = torch.zeros(32)
+    centre[31] = 1.0
+    assert features.shape == (2, 64) and targets.tolist() == [1, 1]
+    torch.testing.assert_close(features, torch.cat([pairs, centre]).expand(2, 64))
+
+
+def test_raw_features__shape_distribution_blind_to_scale_rotation_and_point_order():
+    cloud = torch.randn(256, 3) * torch.tensor([1.0, 0.5, 0.2])  # an ellipsoid: distances of every length
+    moved = (cloud.double() @ random_rotation(1) * 0.01 - 5.0).float()[torch.randperm(256)]
+    same, other = shape_distribution(cloud), shape_distribution(moved)
+    assert same.shape == (64,) and torch.allclose(same[:32].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(other, same, atol=1e-4, rtol=0)  # a pair on a bin edge may round across it
+    assert (same - shape_distribution(cloud * torch.tensor([1.0, 1.0, 3.0]))).abs().max() > 0.01  # shape matters
+
+
+def test_raw_features__large_clouds_use_a_fixed_sample_of_points():
+    cloud = torch.rand(3000, 3)  # a filled cube: its largest radius hardly varies between samples
+    features = shape_distribution(cloud)
+    torch.testing.assert_close(shape_distribution(cloud), features, atol=0, rtol=0)  # the same sample every time
+    torch.testing.assert_close(features.view(2, 32).sum(1), torch.ones(2))
+    every_pair = shape_distribution(cloud, most=3000)
+    assert not torch.equal(features, every_pair)
+    torch.testing.assert_close(features, every_pair, atol=0.005, rtol=0)  # a fair sample
+
+
+def test_raw_features__wired_into_the_built_in_domain():
+    opts = PointCloudOptions(points=64, n_groups=8, group_size=8, shapes_per_class=2)
+    data = build_domain(DataSource(progress=False), opts)
+    for dataset in (data.train_eval, data.held_out):
+        features, targets = data.raw_features(dataset)
+        assert features.shape == (len(dataset), 64) and targets.tolist() == dataset.class_ids
+        torch.testing.assert_close(features[-1], shape_distribution(dataset[len(dataset) - 1]["x"]))

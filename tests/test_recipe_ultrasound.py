@@ -74,7 +74,13 @@ def test_two_process_run_writes_every_output(tmp_path):
     for stage in ("pretrain", "probe", "finetune"):
         assert list((out / "checkpoints" / stage).glob("step_*/model.safetensors")), stage
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert {r["stage"] for r in log} == {"pretrain", "probe", "probe_random_init", "finetune"}  # with its baseline
+    trained = [f"{p}{b}" for p in ("probe", "probe_ep", "probe_attentive") for b in ("", "_random_init")]
+    assert {r["stage"] for r in log} == {"pretrain", *trained, "probe_raw_input", "finetune"}  # kNN trains nothing
+    table = (out / "probes.md").read_text()  # every probe on the encoder, a random one and the raw input
+    assert "| knn | " in table and "| ep | " in table and (out / "probes.png").stat().st_size > 1000
+    for name in ("encoder", "random_init"):  # the features, computed once per encoder, with patch tokens
+        cache = load_file(out / "features" / name / "held_out.safetensors")
+        assert cache["tokens"].dtype == torch.float16 and cache["tokens"].shape[1:] == (16, 64)
 
     assert len(assert_no_pickle(out)) > 20  # checkpoints of three stages, encoder, pictures, metrics, log
 

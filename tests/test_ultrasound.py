@@ -293,3 +293,33 @@ def test_read_clip__an_audio_only_mp4_is_named(tmp_path):
     path = audio_only(tmp_path / "sound.mp4")
     with pytest.raises(DataError, match="sound.mp4: no video stream"):
         read_clip(path, 4)
+
+
+def test_raw_features__frames_area_downsampled_to_32_pixels(tmp_path):
+    """Images of two grey levels, left half and right half, at the training size (so the
+    evaluation view keeps their pixels): every row of 32 features is 16 of one level, then 16 of
+    the other, in [0, 1] as the dataset scales them."""
+    levels = {"a": [(10, 200), (60, 90)], "b": [(250, 0), (128, 128)]}
+    for label, pairs in levels.items():
+        (tmp_path / label).mkdir()
+        for i, (left, right) in enumerate(pairs):
+            image = np.full((64, 64), right, np.uint8)
+            image[:, :32] = left
+            Image.fromarray(image).save(tmp_path / label / f"{i}.png")
+    data = build_domain(DataSource(str(tmp_path), progress=False), UltrasoundOptions(image_size=64, patch=16))
+    for dataset in (data.train_eval, data.held_out):
+        features, targets = data.raw_features(dataset)
+        assert features.shape == (len(dataset), 32 * 32) and len(dataset) == 2
+        assert targets.tolist() == dataset.class_ids
+        for row, i in zip(features, range(len(dataset)), strict=True):
+            left, right = levels[dataset.labels[i]][int(Path(dataset.sources[i]).stem)]
+            expected = torch.tensor([left] * 16 + [right] * 16).repeat(32) / 255
+            torch.testing.assert_close(row, expected)
+
+
+def test_raw_features__phantom_frames_are_means_of_pixel_blocks():
+    data = build_domain(DataSource(progress=False), UltrasoundOptions(image_size=64, patch=16, phantom_per_class=2))
+    features, targets = data.raw_features(data.held_out)
+    assert features.shape == (len(data.held_out), 1024) and targets.tolist() == data.held_out.class_ids
+    x = data.held_out[0]["x"]  # (1, 64, 64): 32 x 32 blocks of 2 x 2 pixels
+    torch.testing.assert_close(features[0], x.reshape(32, 2, 32, 2).mean((1, 3)).flatten())

@@ -16,6 +16,7 @@ from modalities.video.data import (
     animate_clip,
     build_domain,
     imaged_sector,
+    raw_features,
     render_clips,
 )
 from modalities.video.io import ClipTransform, ClipViews
@@ -176,3 +177,23 @@ def test_video_targets__normalised_per_tubelet_and_channel_as_videomae():
     assert torch.allclose(adapter.denormalize_prediction(normed, target), target, atol=1e-5)  # as pictures undo it
     weights = torch.ones_like(target)
     assert torch.allclose(adapter.normalize_target(target, weights), normed, atol=1e-5)
+
+
+def test_raw_features__clips_area_downsampled_to_4_frames_of_16_pixels():
+    """Built-in clips of 8 frames of 32 x 32: each feature is the mean of a block of 2 frames x
+    2 x 2 pixels of the evaluation clip, channels apart."""
+    data = build_domain(DataSource(seed=0, progress=False), small(frames=8, per_class=2))
+    for dataset in (data.train_eval, data.held_out):
+        features, targets = data.raw_features(dataset)
+        assert features.shape == (len(dataset), 3 * 4 * 16 * 16) and targets.tolist() == dataset.class_ids
+        x = dataset[0]["x"]  # (3, 8, 32, 32)
+        torch.testing.assert_close(features[0], x.reshape(3, 4, 2, 16, 2, 16, 2).mean((2, 4, 6)).flatten())
+
+
+def test_raw_features__grey_cine_loops_one_channel(motion):
+    _, clips = motion
+    videos = [Video(p, label, 24, sector=torch.ones(32, 32, dtype=torch.bool)) for p, label in (clips[3], clips[0])]
+    dataset = VideoClips(videos, sorted({v.label for v in videos}), small(ultrasound=True), 32, "eval")
+    features, targets = raw_features(dataset)
+    assert features.shape == (2, 4 * 16 * 16) and targets.tolist() == dataset.class_ids == [1, 0]
+    torch.testing.assert_close(features[1], dataset[1]["x"].reshape(4, 16, 2, 16, 2).mean((2, 4)).flatten())

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from foundations.vit import Encoder
-from modalities.common import DataError
+from modalities.common import DataError, DataSource
 from modalities.volume.adapter import VolumeAdapter, volume_config
 from modalities.volume.data import (
     VolumeDataset,
     VolumeOptions,
+    build_domain,
     find_pairs,
     find_records,
     preprocess,
@@ -403,3 +404,38 @@ def test_find_records__a_single_class_folder_is_refused(tmp_path):
     (tmp_path / "normal").mkdir()
     write_nifti(tmp_path / "normal" / "b.nii.gz", np.zeros((8, 8, 8), np.float32))
     assert find_records(tmp_path, segment=False)[1] == ["normal", "tumour"]
+
+
+# ------------------------------------------------------------------------------- probe baseline
+def test_raw_features__centre_crops_area_downsampled_to_16_cubed(tmp_path):
+    """MedMNIST-style arrays of 32^3 voxels, ramps along x (class 0) or z (class 1): after the
+    unit scaling (ramp / 31) each of the 16^3 features is the mean of two ramp steps,
+    (2k + 0.5) / 31 at k along the ramp's axis."""
+    ramp = np.arange(32, dtype=np.float32)
+    along_x, along_z = np.broadcast_to(ramp[:, None, None], (32,) * 3), np.broadcast_to(ramp, (32,) * 3)
+    images = np.stack([along_x, along_z, along_x, along_z]).astype(np.uint8)
+    np.savez(
+        tmp_path / "ramps.npz",
+        train_images=images,
+        train_labels=np.array([[0], [1], [0], [1]]),
+        val_images=images[:2],
+        val_labels=np.array([[0], [1]]),
+    )
+    opts = VolumeOptions(roi=(32, 32, 32), patch=(16, 16, 16), crop_foreground=False)
+    data = build_domain(DataSource(str(tmp_path / "ramps.npz"), progress=False), opts)
+    steps = torch.tensor([(2 * k + 0.5) / 31 for k in range(16)])
+    expected = [steps[:, None, None].expand(16, 16, 16).flatten(), steps.expand(16, 16, 16).flatten()]
+    for dataset in (data.train_eval, data.held_out):
+        features, targets = data.raw_features(dataset)
+        assert features.shape == (len(dataset), 16**3) and targets.tolist() == dataset.class_ids
+        for row, y in zip(features, targets, strict=True):
+            torch.testing.assert_close(row, expected[y])
+
+
+def test_raw_features__none_for_segmentation_and_the_centre_crop_for_the_synthetic_set():
+    small = {"synthetic_per_class": 3, "synthetic_size": 24, "roi": (16, 16, 16), "patch": (8, 8, 8)}
+    assert build_domain(DataSource(progress=False), VolumeOptions(task="segment", **small)).raw_features is None
+    data = build_domain(DataSource(progress=False), VolumeOptions(**small))
+    features, targets = data.raw_features(data.held_out)
+    assert features.shape == (len(data.held_out), 16**3) and targets.tolist() == data.held_out.class_ids
+    torch.testing.assert_close(features[0], data.held_out[0]["x"]["image"].flatten())  # a 16^3 crop: kept as it is

@@ -128,6 +128,31 @@ class CloudDataset(Dataset):
         return {"x": self.augment(points) if self.augment else points, "y": self.classes.index(self.labels[i])}
 
 
+# ------------------------------------------------------------------------------ raw-input baseline
+def shape_distribution(points: torch.Tensor, bins: int = 32, most: int = 2048) -> torch.Tensor:
+    """Osada et al. 2002's D2 shape distribution of a cloud (P, 3+), which is blind to rotation:
+    the histogram of the distances between all pairs of points (of ``most`` points drawn with a
+    fixed seed from a larger cloud) over [0, 2] in units of the cloud's largest distance from its
+    centroid, so blind to scale too; then the histogram of every point's distance to the centroid
+    over [0, 1] in the same unit. -> (2 * bins,), each histogram summing to 1."""
+    xyz = points[:, :3].double()
+    radius = (xyz - xyz.mean(0)).norm(dim=1)  # (P,)
+    unit = radius.max().clamp_min(1e-12)
+    if len(xyz) > most:
+        xyz = xyz[torch.randperm(len(xyz), generator=torch.Generator().manual_seed(0))[:most]]
+    # no pair is further apart than two radii; the clamps keep rounding inside the last bin
+    pairs = torch.histc((torch.pdist(xyz) / unit).clamp(0, 2), bins, 0, 2)  # of P (P - 1) / 2 distances
+    centre = torch.histc((radius / unit).clamp(0, 1), bins, 0, 1)
+    return torch.cat([pairs / pairs.sum(), centre / centre.sum()]).float()
+
+
+def raw_features(dataset: CloudDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's raw-input baseline: the shape distribution (``shape_distribution``) of every
+    cloud of the evaluation view -> (N, 64), with the class indices (N,)."""
+    feats = [shape_distribution(dataset[i]["x"]) for i in range(len(dataset))]
+    return torch.stack(feats), torch.tensor(dataset.class_ids)
+
+
 # -------------------------------------------------------------------------------------- data sets
 SHAPE_CLASSES = (
     "arrow",
@@ -260,6 +285,7 @@ def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
         adapter={"name": "pointcloud", **asdict(adapter)},
         data_card=card,
         render=render_reconstruction,
+        raw_features=raw_features,
         held_out_views=[held.subset(range(len(held)), mild)] * (opts.votes - 1),  # fresh draws each pass
         info={
             "train_clouds": len(train),

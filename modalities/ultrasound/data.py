@@ -107,6 +107,14 @@ class FrameDataset(Dataset):
         return mean, max((sq / max(n, 1) - mean**2), 1e-12) ** 0.5
 
 
+def raw_features(dataset: FrameDataset, side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's raw-input baseline: every frame of the evaluation view (in [0, 1], before the
+    adapter's normalisation) area-downsampled to ``side`` x ``side`` pixels -> (N, C * side**2),
+    with the class indices (N,)."""
+    feats = [F.adaptive_avg_pool2d(dataset[i]["x"], side).flatten() for i in range(len(dataset))]  # (C * side**2,)
+    return torch.stack(feats), torch.tensor(dataset.class_ids)
+
+
 def _store(frame: np.ndarray, short: int) -> torch.Tensor:
     """float (H, W) in [0, 1] -> uint8 with short side ``short`` (never upsampled)."""
     t = torch.from_numpy(frame)[None, None]
@@ -208,6 +216,7 @@ def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
         adapter={"name": "ultrasound", **asdict(adapter)},
         data_card=card,
         render=reconstruction_grid,
+        raw_features=raw_features,
         info={
             "train_frames": len(train),
             "eval_frames": len(held),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -172,6 +173,14 @@ class VideoClips(Dataset):
         return {"x": x, "valid": valid.expand_as(x).float(), "y": self.class_ids[i]}
 
 
+def raw_features(dataset: VideoClips, size: tuple[int, int, int] = (4, 16, 16)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's raw-input baseline: every clip of the evaluation view (in [0, 1], before the
+    adapter's normalisation) area-downsampled to ``size`` (frames, height, width), channels kept
+    apart -> (N, C * 4 * 16 * 16), with the class indices (N,)."""
+    feats = [F.adaptive_avg_pool3d(dataset[i]["x"], size).flatten() for i in range(len(dataset))]  # x: (C, T, H, W)
+    return torch.stack(feats), torch.tensor(dataset.class_ids)
+
+
 def probe_videos(samples: list[Sample], opts: VideoOptions, skip_bad: bool, progress: bool):
     """Open every video once (its first frame decoded): bad files stop the run or are skipped;
     -> (videos, skipped, short): short ones are shorter than a clip's span (looped or padded)."""
@@ -268,6 +277,7 @@ def build_domain(source: DataSource, opts: VideoOptions) -> DomainData:
         data_card=card,
         render=render_clips,
         animate=animate_clip,
+        raw_features=raw_features,
         preprocessing={
             "frames": opts.frames,
             "stride": opts.stride,

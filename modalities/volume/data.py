@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
@@ -325,6 +326,14 @@ def synthetic_records(n_per_class: int, size: int, seed: int) -> list[dict]:
     return records
 
 
+def raw_features(dataset: VolumeDataset, side: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's raw-input baseline: every volume of the evaluation view (the centre crop, its
+    intensities as the encoder gets them) area-downsampled to ``side``^3 voxels -> (N, C * side**3),
+    with the class indices (N,)."""
+    feats = [F.adaptive_avg_pool3d(dataset[i]["x"]["image"], side).flatten() for i in range(len(dataset))]
+    return torch.stack(feats), torch.tensor(dataset.class_ids)
+
+
 @torch.no_grad()
 def render_slices(mae, x: dict, valid=None) -> torch.Tensor:
     """Middle axial slices of input / masked input / reconstruction, one column per volume,
@@ -436,6 +445,7 @@ def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
         adapter={"name": "volume", **asdict(volume_config(channels.pop(), opts.patch, pipe.roi))},
         data_card=card,
         render=render_slices,
+        raw_features=None if segment else raw_features,
         batch_groups=batch_groups,
         preprocessing=asdict(pipe),
         info={
