@@ -48,9 +48,11 @@ class EncoderConfig:
             object.__setattr__(self, "pos_grid", tuple(self.pos_grid))
         if self.pos_resize not in RESIZE:
             raise ValueError(f"EncoderConfig.pos_resize must be one of {RESIZE}, got {self.pos_resize!r}")
-        for name in ("dim", "depth", "heads"):
+        for name in ("dim", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.depth < 0:  # 0: no blocks, as left when pruning removes them all (foundations.prune)
+            raise ValueError(f"EncoderConfig.depth must be >= 0, got {self.depth}")
         if self.dim % self.heads:
             raise ValueError(f"EncoderConfig.dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.pool not in POOLS:

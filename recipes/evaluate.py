@@ -49,8 +49,11 @@ def modality_of(encoder: str) -> str:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def delegate(doc: str, stage: str, renamed: dict[str, str] | None = None) -> None:
+    """Run the recipe of ``--encoder``'s modality with ``--stage stage`` (unless given) and the rest
+    of the command line, its flags ``renamed`` (e.g. prune.py's --ratio -> --prune-ratio); the run
+    folder defaults to runs/<stage>/<name of the encoder's run>."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", required=True, help="encoder folder, or another library's checkpoint")
     parser.add_argument("--modality", choices=sorted(set(RECIPES.values())), help="default: the encoder's own")
     if {"-h", "--help"} & set(sys.argv[1:]) and "--encoder" not in sys.argv:
@@ -61,15 +64,20 @@ def main() -> None:
     recipe = args.modality or RECIPES.get(adapter)
     if recipe is None:
         stop(f"{args.encoder}: no recipe reads the adapter {adapter!r}")
+    for old, new in (renamed or {}).items():
+        rest = [new + a[len(old) :] if a == old or a.startswith(old + "=") else a for a in rest]
     given = {a.split("=")[0] for a in rest}
     argv = ["--encoder", args.encoder, *rest]
-    argv += [] if "--stage" in given else ["--stage", "probe"]
+    argv += [] if "--stage" in given else ["--stage", stage]
+    encoder = Path(args.encoder).resolve()  # runs/NAME/encoder -> runs/STAGE/NAME; a file by its stem
     argv += (
-        [] if "--out" in given else ["--out", str(Path("runs") / "evaluate" / Path(args.encoder).resolve().parent.name)]
+        []
+        if "--out" in given
+        else ["--out", f"runs/{stage}/{encoder.parent.name if encoder.is_dir() else encoder.stem}"]
     )
     sys.argv = [str(HERE / f"{recipe}.py"), *argv]
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 if __name__ == "__main__":
-    main()
+    delegate(__doc__, "probe")

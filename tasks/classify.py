@@ -188,7 +188,9 @@ def report_probes(out: Path, results: dict, kinds, metric: str) -> None:
     bar_chart(bars, out / "probes.png", f"held-out {metric}")
 
 
-def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, mix: float = 0.0) -> dict:
+def finetune(
+    session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, mix: float = 0.0, stage="finetune"
+) -> dict:
     """Fine-tune encoder + head; ``mix`` > 0 mixes the training batches (mixup's alpha; inputs must
     be tensors whose weighted sum is an input, as spectrograms and images are). Held-out logits are
     summed over ``data.held_out`` and every one of ``data.held_out_views`` (test-time views)."""
@@ -212,9 +214,9 @@ def finetune(session: Session, data: DomainData, encoder_dir: Path, opts: Finetu
     dl = session.loader(data.finetune, shuffle=True)
     cfg = finetune_config(opts, opts.finetune_steps, dl.batch_size, session.run.checkpoint_every)
     param_groups = layer_decay_groups(model, cfg.weight_decay, opts.layer_decay)
-    session.fit(model, dl, loss, cfg, "finetune", param_groups=param_groups)
+    session.fit(model, dl, loss, cfg, stage, param_groups=param_groups)
     model = acc.unwrap_model(model)
     logits, labels = predict(model, data.held_out, session)
     for view in data.held_out_views:  # the same items in the same order, other views
         logits = logits + predict(model, view, session)[0]
-    return {f"finetune/{k}": v for k, v in metrics(data, logits, labels).items()}
+    return {f"{stage}/{k}": v for k, v in metrics(data, logits, labels).items()}

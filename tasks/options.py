@@ -23,7 +23,7 @@ import yaml
 from foundations.vit import PRESETS
 from modalities.common import DataSource
 
-STAGES = ("pretrain", "probe", "finetune", "extract")  # in the order they run
+STAGES = ("pretrain", "probe", "finetune", "prune", "extract")  # in the order they run
 PROBES = ("linear", "knn", "ep", "attentive")  # tasks.classify's probes of a frozen encoder
 RESOLVED = ("adapter", "model")  # what a run's config.yaml adds to the options; ignored as --config
 
@@ -54,6 +54,7 @@ class RunOptions:
         default="all",
         metadata={
             "help": "stages to run, comma-separated (e.g. pretrain,probe), from pretrain, probe, finetune, "
+            "prune (Gardener's block pruning of the encoder, with a report: see pruning), "
             "extract (features of every input from the encoder: features.safetensors + features.json); "
             "all: pretrain, probe, finetune in turn",
         },
@@ -223,6 +224,53 @@ class FinetuneOptions:
 
 
 @dataclass(frozen=True)
+class PruneOptions:
+    prune_ratio: float = field(default=0.25, metadata={"help": "fraction of the encoder's blocks to remove, in [0, 1)"})
+    prune_keep: int | None = field(default=None, metadata={"help": "blocks to keep (replaces --prune-ratio)"})
+    prune_method: str = field(
+        default="entropy",
+        metadata={
+            "choices": ("entropy", "l1", "variance", "random", "oracle"),
+            "help": "which blocks go: the lowest weight entropy (Gardener), L1 or variance of the same weights, "
+            "random ones, or those whose removal alone costs the probe least (oracle, needs the data)",
+        },
+    )
+    prune_binning: str = field(
+        default="float16",
+        metadata={
+            "choices": ("float16", "histogram"),
+            "help": "how weight values are counted for their entropy: distinct values once cast to float16 (what "
+            "the reference's fp16 checkpoint amounts to), or a histogram of --prune-bins equal bins",
+        },
+    )
+    prune_bins: int = field(default=4096, metadata={"help": "bins of --prune-binning histogram"})
+    prune_ratios: str = field(
+        default="0,0.25,0.5,0.75", metadata={"help": "pruning ratios of the report, comma-separated"}
+    )
+    prune_recover_steps: int = field(
+        default=0, metadata={"help": "fine-tune the pruned encoder this many steps after pruning (0: no)"}
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"--prune-ratio must be in [0, 1), got {self.prune_ratio}")
+        if self.prune_keep is not None and self.prune_keep < 0:
+            raise ValueError(f"--prune-keep must be >= 0, got {self.prune_keep}")
+        try:
+            ratios = self.ratios
+        except ValueError:
+            raise ValueError(f"--prune-ratios {self.prune_ratios}: expected fractions, comma-separated") from None
+        if not ratios or not all(0.0 <= r < 1.0 for r in ratios):
+            raise ValueError(f"--prune-ratios {self.prune_ratios}: each must be in [0, 1)")
+        if self.prune_recover_steps < 0:
+            raise ValueError(f"--prune-recover-steps must be >= 0, got {self.prune_recover_steps}")
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(float(r) for r in self.prune_ratios.split(","))
+
+
+@dataclass(frozen=True)
 class Options:
     """A recipe's resolved options, one frozen group each."""
 
@@ -230,11 +278,12 @@ class Options:
     run: RunOptions
     pretrain: PretrainOptions
     finetune: FinetuneOptions
+    prune: PruneOptions
     domain: Any  # the domain's own options dataclass
 
     def flat(self) -> dict:
         """Every option by its flag's name, as ``--config`` takes them."""
-        groups = (self.source, self.run, self.pretrain, self.finetune, self.domain)
+        groups = (self.source, self.run, self.pretrain, self.finetune, self.prune, self.domain)
         return {k: v for g in groups for k, v in dataclasses.asdict(g).items()}
 
 
@@ -243,6 +292,7 @@ SHARED = {
     "run": RunOptions,
     "pretraining": PretrainOptions,
     "probe and fine-tuning": FinetuneOptions,
+    "pruning (--stage prune)": PruneOptions,
 }
 
 
@@ -341,7 +391,9 @@ def parse(recipe: str, description: str, domain_cls, defaults: dict | None = Non
         groups = {
             name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
             for name, cls in zip(
-                ("source", "run", "pretrain", "finetune", "domain"), (*SHARED.values(), domain_cls), strict=True
+                ("source", "run", "pretrain", "finetune", "prune", "domain"),
+                (*SHARED.values(), domain_cls),
+                strict=True,
             )
         }
     except ValueError as e:

@@ -6,6 +6,7 @@ A recipe parses its ``Options`` (``tasks.options``), builds its ``DomainData`` a
     probe     a frozen-encoder task            -> checkpoints/probe     (default: linear probe)
     finetune  encoder + head, layer-wise decay -> checkpoints/finetune  (default: classification)
     all       the three in turn (the default)
+    prune     Gardener's block pruning          -> pruned_encoder/, pruning.md, pruning.png
     extract   features of every input        -> features.safetensors + features.json (rows named)
 
 ``--encoder`` names the encoder the stages start from instead (pretraining continues it): a folder
@@ -20,6 +21,7 @@ later failure loses nothing; ``config.yaml`` holds the resolved options.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -39,6 +41,7 @@ from tasks import classify
 from tasks.extract import extract
 from tasks.options import FinetuneOptions, OptionError, Options
 from tasks.pretrain import model_config, pretrain
+from tasks.prune import prune
 from tasks.session import Session, saved_config, start_encoder
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,8 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
         set_seed(derive_seed(session.seed, "pretrain"))
         save(pretrain(session, data, opts.pretrain, start))
     later = {"probe": classify.probe, "finetune": classify.finetune, "extract": extract, **(stages or {})}
-    for name in ("probe", "finetune", "extract"):
+    later["prune"] = functools.partial(prune, prune_opts=opts.prune, finetune=later["finetune"])
+    for name in ("probe", "finetune", "prune", "extract"):
         if name in chosen:
             if not data.classes and name != "extract":
                 raise DataError(

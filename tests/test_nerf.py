@@ -260,4 +260,4 @@ def test_parse__bake_is_a_stage_of_the_nerf_recipe_only(capsys):
     assert "bake: posed-image scenes" in build_parser("nerf", "", NerfOptions).format_help()
     with pytest.raises(SystemExit):
         parse("volumes", "", VolumeOptions, argv=["--stage", "bake"])
-    assert "--stage bake: choose all or from pretrain,probe,finetune,extract, comma" in capsys.readouterr().err
+    assert "--stage bake: choose all or from pretrain,probe,finetune,prune,extract, comma" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def test_parse__config_file_then_flags_and_a_runs_config_yaml_round_trips(tmp_pa
     [
         (["--image-size", "100"], "multiple of patch"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--stage", "train"], "--stage train: choose all or from pretrain,probe,finetune,extract"),
+        (["--stage", "train"], "--stage train: choose all or from pretrain,probe,finetune,prune,extract"),
         (["--stage", "pretrain,all"], "--stage pretrain,all: choose"),
         (["--workers", "many"], "argument --workers: expected auto or a count, got 'many'"),
         (["--predict-ratio", "most"], "argument --predict-ratio: expected a fraction or all, got 'most'"),

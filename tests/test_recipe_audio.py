@@ -81,6 +81,7 @@ def test_fsdd_with_a_speaker_held_out_learns(tmp_path, shared):
     out = tmp_path / "fsdd"
     args = ["--data", shared / "audio" / "fsdd_recordings", "--split-by", "speaker", "--frames", "64"]
     args += ["--preset", "mini", "--lr", "8e-3", "--max-steps", "500", "--finetune-steps", "300", "--out", out]
+    args += ["--probe", "linear"]  # the figures checked
     launch_recipe("audio", *args, direct=True)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["data/held_out_sources"]) == 1 and metrics["data/eval_clips"] == 500

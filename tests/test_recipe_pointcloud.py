@@ -92,6 +92,8 @@ def test_modelnet10_pretraining_beats_the_group_centre_and_probe_beats_chance(sh
         "--probe-steps",
         "300",
         "--no-probe-baselines",
+        "--probe",
+        "linear",
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/eval_clouds"] == 200  # 20 % of each class held out

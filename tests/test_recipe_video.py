@@ -79,7 +79,7 @@ def test_clips_tell_motions_that_single_frames_cannot(tmp_path):
     def pretrain_and_probe(name):
         out = tmp_path / name
         launch_recipe("video", *common, *runs[name], "--stage", "pretrain", "--out", out, direct=True, threads=1)
-        args = (*common, *runs[name], "--stage", "probe", "--out", out, "--probe-baselines")
+        args = (*common, *runs[name], "--stage", "probe", "--out", out, "--probe-baselines", "--probe", "linear")
         launch_recipe("video", *args, direct=True, threads=1)
         return json.loads((out / "metrics.json").read_text())
 
@@ -111,7 +111,9 @@ def test_pocus_cine_loops_pretrain_as_grey_tubes_inside_their_sectors_and_probe(
     out = tmp_path / "run"
     data = pocus_clips(shared, tmp_path / "pocus")
     args = [*SMALL, "--data", data, "--ultrasound", "--size", "64", "--frames", "8", "--stride", "4"]
-    launch_recipe("video", *args, "--max-steps", "4", "--finetune-steps", "2", "--out", out, direct=True)
+    launch_recipe(
+        "video", *args, "--max-steps", "4", "--finetune-steps", "2", "--probe", "linear", "--out", out, direct=True
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/train_videos"] + metrics["data/eval_videos"] == 44
     assert metrics["data/sectors"] == {"fan": 37, "linear": 7}  # the convex and the linear probe's clips

@@ -98,7 +98,7 @@ def test_adrenalmnist3d_probe_beats_chance(shared, tmp_path):
     out = tmp_path / "run"
     args = ["--preset", "micro", "--data", shared / "medical3d/adrenalmnist3d_64", "--out", out, "--spacing", "2"]
     args += ["--roi", "32", "--patch", "8", "--stage", "pretrain,probe", "--max-steps", "200", "--batch-size", "16"]
-    launch(*args, "--probe-steps", "200", "--no-probe-baselines")
+    launch(*args, "--probe-steps", "200", "--no-probe-baselines", "--probe", "linear")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/train_volumes"] == 1188 and metrics["data/eval_volumes"] == 98  # the file's val split
     assert metrics["pretrain/loss_last"] < 0.5 * metrics["pretrain/loss_first"], metrics

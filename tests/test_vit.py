@@ -75,7 +75,7 @@ def test_encoder__drop_path_is_stochastic_in_training_only():
     "kwargs,match",
     [
         ({"dim": 30, "heads": 4}, "divisible"),
-        ({"depth": 0}, "depth"),
+        ({"depth": -1}, "depth"),
         ({"drop_path": 1.0}, "drop_path"),
         ({"pool": "sum"}, "pool"),
         ({"pool": "cls"}, "cls_token=True"),
