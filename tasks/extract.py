@@ -9,32 +9,28 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
 
 from foundations.files import replacing, write_text
 from modalities import load_encoder
 from modalities.common import DomainData
+from tasks.features import encode
 from tasks.options import FinetuneOptions
 from tasks.session import Session, check_encoder
 
 
-@torch.no_grad()
 def extract(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions) -> dict:
     """Features of the training split and the held-out split (their evaluation views) in that
     order; rows are named by the datasets' ``names`` where they have them."""
     check_encoder(encoder_dir, data.adapter)
     acc = session.acc
-    encoder = acc.prepare(load_encoder(encoder_dir, acc.device)).eval()
+    encoder = load_encoder(encoder_dir, acc.device)
     features, tokens, rows = [], [], []
     for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
-        loader = acc.prepare(DataLoader(dataset, batch_size=session.run.batch_size, **session.loader_options()))
-        for batch in loader:
-            out = encoder(batch["x"])
-            features.append(acc.gather_for_metrics(out.features).float().cpu())
-            if session.run.tokens:
-                tokens.append(acc.gather_for_metrics(out.tokens).float().cpu())
-        names = getattr(dataset, "names", None) or [f"{split}/{i}" for i in range(len(dataset))]
+        encoded = encode(session, encoder, dataset, session.run.tokens)
+        features.append(encoded.pooled)
+        tokens += [encoded.tokens] if session.run.tokens else []
         labels = [data.classes[c] for c in dataset.class_ids] if getattr(dataset, "class_ids", None) else None
+        names = getattr(dataset, "names", None) or [f"{split}/{i}" for i in range(len(dataset))]
         rows += [{"name": n, "split": split, "label": labels[i] if labels else None} for i, n in enumerate(names)]
     tensors = {"features": torch.cat(features)}  # (N, feature_dim)
     if session.run.tokens:
