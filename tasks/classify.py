@@ -115,18 +115,22 @@ def probe(session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneO
 def probe_encoder(session: Session, data: DomainData, encoder, opts: FinetuneOptions, name: str) -> dict:
     """Every probe of ``opts.probes`` on ``encoder``'s features, cached in ``out/features/<name>/``."""
     tokens = any(k in TOKEN_PROBES for k in opts.probes)
-    splits = {}
-    for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
-        key = {"adapter": data.adapter, "preprocessing": data.preprocessing, "items": len(dataset)}
-        key |= {"names": getattr(dataset, "names", None), "class_ids": getattr(dataset, "class_ids", None)}
-        path = session.out / "features" / name / f"{split}.safetensors"
-        splits[split] = cached(session, encoder, dataset, path, key, tokens)
+    train, held_out = cached_splits(session, data, encoder, session.out / "features" / name, tokens)
     baseline = "" if name == "encoder" else f"_{name}"
-    train, held_out = splits["train"], splits["held_out"]
     results = {}
     for kind in opts.probes:
         results |= run_probe(session, data, kind, train, held_out, opts, probe_stage(kind, baseline))
     return results
+
+
+def cached_splits(session: Session, data: DomainData, encoder, folder: Path, tokens: bool) -> list[Features]:
+    """The training and held-out splits' features under ``encoder``, cached in ``folder``."""
+    splits = []
+    for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
+        key = {"adapter": data.adapter, "preprocessing": data.preprocessing, "items": len(dataset)}
+        key |= {"names": getattr(dataset, "names", None), "class_ids": getattr(dataset, "class_ids", None)}
+        splits.append(cached(session, encoder, dataset, folder / f"{split}.safetensors", key, tokens))
+    return splits
 
 
 def run_probe(
@@ -143,23 +147,31 @@ def run_probe(
         raise DataError(f"{stage}: the {kind} probe reads patch tokens; these features have none")
     x, eval_x = (train.tokens, held_out.tokens) if kind in TOKEN_PROBES else (train.pooled, held_out.pooled)
     head = {"linear": LinearProbeHead, "ep": EfficientProbe, "attentive": AttentiveProbe}[kind](x.shape[-1], n_classes)
-    model = Classifier(None, head, class_weights=weights(data, train.labels), multi_label=data.multi_label)
-    dl = session.loader(TensorDataset(x, train.labels), shuffle=True, batch_size=256)
+    model = train_head(
+        session, data, head, x, train.labels, opts, stage, PROBE_LR[kind], 0.0 if kind == "linear" else 0.05
+    )
+    with torch.no_grad():
+        logits = torch.cat([model(b.to(session.acc.device)).logits.cpu() for b in eval_x.split(256)])
+    out = {f"{stage}/{k}": v for k, v in metrics(data, logits, held_out.labels).items()}
+    return out | {f"{stage}/parameters": parameter_count(head)}
+
+
+def train_head(session: Session, data: DomainData, head, x, y, opts: FinetuneOptions, stage: str, lr, weight_decay):
+    """``head`` trained on frozen features ``x`` (pooled or tokens) for ``opts.probe_steps`` steps
+    of AdamW, classes weighted as balanced accuracy weighs them -> the classifier, in eval mode."""
+    model = Classifier(None, head, class_weights=weights(data, y), multi_label=data.multi_label)
+    dl = session.loader(TensorDataset(x, y), shuffle=True, batch_size=256)
     cfg = TrainConfig(
         max_steps=opts.probe_steps,
         batch_size=dl.batch_size,
-        base_lr=PROBE_LR[kind],
-        weight_decay=0.0 if kind == "linear" else 0.05,
+        base_lr=lr,
+        weight_decay=weight_decay,
         warmup_steps=max(1, opts.probe_steps // 10),
         clip_grad=None,
         checkpoint_every=opts.probe_steps,
     )
     session.fit(model, dl, lambda m, b: m(b[0], b[1]).loss, cfg, stage)
-    model = session.acc.unwrap_model(model).eval()
-    with torch.no_grad():
-        logits = torch.cat([model(b.to(session.acc.device)).logits.cpu() for b in eval_x.split(256)])
-    out = {f"{stage}/{k}": v for k, v in metrics(data, logits, held_out.labels).items()}
-    return out | {f"{stage}/parameters": parameter_count(head)}
+    return session.acc.unwrap_model(model).eval()
 
 
 def headline(data: DomainData) -> str:
@@ -191,20 +203,26 @@ def report_probes(out: Path, results: dict, kinds, metric: str) -> None:
 def finetune(
     session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, mix: float = 0.0, stage="finetune"
 ) -> dict:
-    """Fine-tune encoder + head; ``mix`` > 0 mixes the training batches (mixup's alpha; inputs must
+    """Fine-tune encoder + head, the head first fitted to the frozen encoder's cached features
+    (``opts.finetune_from_probe``: LP-FT, Kumar et al. 2022: a head that starts at random sends
+    random gradients into the pretrained features); ``mix`` > 0 mixes the training batches (mixup's alpha; inputs must
     be tensors whose weighted sum is an input, as spectrograms and images are). Held-out logits are
     summed over ``data.held_out`` and every one of ``data.held_out_views`` (test-time views)."""
     check_encoder(encoder_dir, data.adapter)
     acc = session.acc
     encoder = load_encoder(encoder_dir)
+    n_classes = len(data.classes)
+    class_ids = None if data.multi_label else data.finetune.class_ids
+    head = ClassifierHead(encoder.feature_dim, n_classes)
+    if opts.finetune_from_probe:  # LP-FT: the head first learns the frozen features, then everything moves
+        features = session.out / "features" / ("encoder" if stage == "finetune" else stage)  # the probe's cache
+        train, _ = cached_splits(session, data, encoder.to(acc.device), features, tokens=False)
+        train_head(session, data, head, train.pooled, train.labels, opts, f"{stage}_head", 1e-2, 0.0)
     cfg_dp = dataclasses.replace(encoder.cfg, drop_path=opts.drop_path)
     if cfg_dp != encoder.cfg:  # rebuild with stochastic depth, same weights
         rebuilt = type(encoder)(encoder.adapter, cfg_dp)
         load_state(rebuilt, encoder.state_dict(), encoder_dir)
         encoder = rebuilt
-    n_classes = len(data.classes)
-    class_ids = None if data.multi_label else data.finetune.class_ids
-    head = ClassifierHead(encoder.feature_dim, n_classes)
     model = Classifier(encoder, head, opts.label_smoothing, weights(data, class_ids), data.multi_label)
 
     def loss(m, b):

@@ -201,6 +201,13 @@ class FinetuneOptions:
         },
     )
     finetune_steps: int = field(default=120, metadata={"help": "fine-tuning optimizer steps"})
+    finetune_from_probe: bool = field(
+        default=True,
+        metadata={
+            "help": "fit the classifier head to the frozen encoder's features first (--probe-steps, as the linear "
+            "probe), then fine-tune everything (LP-FT, Kumar et al. 2022)"
+        },
+    )
     finetune_lr: float = field(
         default=2e-2,
         metadata={"help": "fine-tuning base lr (x total batch / 256), high for short runs on small batches"},

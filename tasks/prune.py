@@ -30,7 +30,6 @@ from foundations.prune import METHODS, block_scores, choose_blocks, encoder_cost
 from modalities import load_encoder
 from modalities.common import DomainData
 from tasks import classify
-from tasks.features import cached
 from tasks.options import FinetuneOptions, OptionError, PruneOptions
 from tasks.plots import line_chart
 from tasks.session import Session, check_encoder
@@ -43,11 +42,7 @@ def probe_pruned(session: Session, data: DomainData, encoder, removed: list[int]
     """The linear probe's held-out headline figure on ``encoder`` without the blocks ``removed``."""
     pruned = remove_blocks(encoder, removed)
     tag = "removed_" + ("_".join(map(str, removed)) or "none")
-    splits = []
-    for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
-        key = {"adapter": data.adapter, "preprocessing": data.preprocessing, "items": len(dataset)}
-        path = session.out / "features" / "prune" / tag / f"{split}.safetensors"
-        splits.append(cached(session, pruned, dataset, path, key, tokens=False))
+    splits = classify.cached_splits(session, data, pruned, session.out / "features" / "prune" / tag, tokens=False)
     results = classify.run_probe(session, data, "linear", *splits, opts, f"prune_{tag}")
     return results[f"prune_{tag}/{classify.headline(data)}"]
 

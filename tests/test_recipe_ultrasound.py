@@ -75,7 +75,9 @@ def test_two_process_run_writes_every_output(tmp_path):
         assert list((out / "checkpoints" / stage).glob("step_*/model.safetensors")), stage
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     trained = [f"{p}{b}" for p in ("probe", "probe_ep", "probe_attentive") for b in ("", "_random_init")]
-    assert {r["stage"] for r in log} == {"pretrain", *trained, "probe_raw_input", "finetune"}  # kNN trains nothing
+    stages = {"pretrain", *trained, "probe_raw_input", "finetune_head", "finetune"}  # kNN trains nothing
+    order = [r["stage"] for r in log]
+    assert set(order) == stages and order.index("finetune_head") < order.index("finetune")  # LP-FT: the head first
     table = (out / "probes.md").read_text()  # every probe on the encoder, a random one and the raw input
     assert "| knn | " in table and "| ep | " in table and (out / "probes.png").stat().st_size > 1000
     for name in ("encoder", "random_init"):  # the features, computed once per encoder, with patch tokens
