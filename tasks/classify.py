@@ -36,14 +36,14 @@ def class_weights(class_ids, n_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, dataset, session: Session, key: str = "logits"):
-    """Run ``model`` over ``dataset`` on every process; gathered outputs and labels."""
+def predict(model, dataset, session: Session):
+    """Run the classifier ``model`` over ``dataset`` on every process; gathered logits and labels."""
     acc, run = session.acc, session.run
     model.eval()
     dl = acc.prepare(DataLoader(dataset, batch_size=run.batch_size, **session.loader_options()))
     outs, labels = [], []
     for batch in dl:
-        o = getattr(model(batch["x"]), key)
+        o = model(batch["x"]).logits
         o, y = acc.gather_for_metrics((o, batch["y"]))
         outs.append(o.float().cpu())
         labels.append(y.cpu())

@@ -95,7 +95,8 @@ def test_bad_caches_and_a_token_probe_without_tokens_stop_with_one_line(session,
 
 
 def test_probe_option__names_probes_and_refuses_unknown_ones():
-    assert FinetuneOptions().probes == ("linear", "knn", "ep", "attentive")
+    assert FinetuneOptions().probes == ("linear", "knn", "ep")
+    assert FinetuneOptions(probe="all").probes == ("linear", "knn", "ep", "attentive")
     assert FinetuneOptions(probe="knn,linear").probes == ("linear", "knn")
     for bad in ("svm", "linear,", ""):
         with pytest.raises(ValueError, match="choose all or from linear,knn,ep,attentive"):

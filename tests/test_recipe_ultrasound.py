@@ -48,7 +48,7 @@ def launch(*args, **kwargs):
 
 def test_two_process_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    launch(*SMALL, "--max-steps", "8", "--out", str(out), processes=2)
+    launch(*SMALL, "--max-steps", "8", "--finetune-from-probe", "--probe", "all", "--out", str(out), processes=2)
     metrics = json.loads((out / "metrics.json").read_text())
     for key in (
         "pretrain/loss_first",
