@@ -146,7 +146,7 @@ def report(out: Path, counts, depth, curves, scores, encoder, n_tokens, metric, 
         row = [str(n), f"{ratios[i]:.2f}", f"{costs[i]['block_params']:,}", f"{costs[i]['block_flops'] / 1e9:.3f}"]
         lines.append("| " + " | ".join(row + [f"{curves[m][i]:.4f}" for m in curves]) + " |")
     lines += ["", "| block | " + " | ".join(scores) + " |", "|---" * (1 + len(scores)) + "|"]
-    lines += [f"| {b} | " + " | ".join(f"{float(s[b]):.4g}" for s in scores.values()) + " |" for b in range(depth)]
+    lines += [f"| {b} | " + " | ".join(f"{float(s[b]):.6g}" for s in scores.values()) + " |" for b in range(depth)]
     lines += ["", "oracle: the probe's drop when the block alone is removed", ""]
     lines += [f"rank correlation with the oracle ({m}): {results[f'prune/rank_correlation_{m}']:.3f}" for m in METHODS]
     write_text(out / "pruning.md", "\n".join(lines) + "\n")
