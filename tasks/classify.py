@@ -128,7 +128,8 @@ def cached_splits(session: Session, data: DomainData, encoder, folder: Path, tok
     splits = []
     for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
         key = {"adapter": data.adapter, "preprocessing": data.preprocessing, "items": len(dataset)}
-        key |= {"names": getattr(dataset, "names", None), "class_ids": getattr(dataset, "class_ids", None)}
+        class_ids = None if data.multi_label else getattr(dataset, "class_ids", None)  # multi-label: none
+        key |= {"names": getattr(dataset, "names", None), "class_ids": class_ids}
         splits.append(cached(session, encoder, dataset, folder / f"{split}.safetensors", key, tokens))
     return splits
 
