@@ -23,7 +23,7 @@ from foundations.train import TrainConfig
 from foundations.vit import Encoder
 from modalities import build_adapter, load_encoder
 from modalities.common import DataError, DomainData
-from tasks.features import Features, cached
+from tasks.features import Features, cached, weights_digest
 from tasks.options import FinetuneOptions
 from tasks.plots import bar_chart
 from tasks.session import Session, check_encoder
@@ -125,12 +125,12 @@ def probe_encoder(session: Session, data: DomainData, encoder, opts: FinetuneOpt
 
 def cached_splits(session: Session, data: DomainData, encoder, folder: Path, tokens: bool) -> list[Features]:
     """The training and held-out splits' features under ``encoder``, cached in ``folder``."""
-    splits = []
+    splits, weights = [], weights_digest(encoder)  # the weights hashed once for both splits
     for split, dataset in (("train", data.train_eval), ("held_out", data.held_out)):
         key = {"adapter": data.adapter, "preprocessing": data.preprocessing, "items": len(dataset)}
         class_ids = None if data.multi_label else getattr(dataset, "class_ids", None)  # multi-label: none
         key |= {"names": getattr(dataset, "names", None), "class_ids": class_ids}
-        splits.append(cached(session, encoder, dataset, folder / f"{split}.safetensors", key, tokens))
+        splits.append(cached(session, encoder, dataset, folder / f"{split}.safetensors", key, tokens, weights))
     return splits
 
 

@@ -33,14 +33,13 @@ class Features:
     names: list[str]
 
 
-def digest(encoder: torch.nn.Module, data_key: dict) -> str:
-    """A fingerprint of an encoder's weights and config and of the data it encodes."""
-    h = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode())
-    h.update(repr(encoder.cfg).encode())
+def weights_digest(encoder: torch.nn.Module) -> str:
+    """A fingerprint of an encoder's config and weights (one pass over every parameter)."""
+    h = hashlib.sha256(repr(encoder.cfg).encode())
     for name, t in encoder.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -102,10 +101,14 @@ def cache_key(path: Path) -> tuple[str | None, bool]:
         return None, False
 
 
-def cached(session: Session, encoder, dataset, path: Path, data_key: dict, tokens: bool) -> Features:
+def cached(
+    session: Session, encoder, dataset, path: Path, data_key: dict, tokens: bool, weights: str | None = None
+) -> Features:
     """The features of ``dataset`` under ``encoder``: read from ``path`` when it holds them under the
-    same key (with tokens if asked), else computed, and written by the main process."""
-    key = digest(encoder, data_key)
+    same key (with tokens if asked), else computed, and written by the main process. ``weights``:
+    the encoder's ``weights_digest`` when the caller has it (several splits, one encoder)."""
+    data = json.dumps(data_key, sort_keys=True, default=str)
+    key = hashlib.sha256(((weights or weights_digest(encoder)) + data).encode()).hexdigest()[:16]
     found, has_tokens = cache_key(path)
     if found == key and (has_tokens or not tokens):
         return load_features(path)
