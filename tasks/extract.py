@@ -29,7 +29,10 @@ def extract(session: Session, data: DomainData, encoder_dir: Path, opts: Finetun
         encoded = encode(session, encoder, dataset, session.run.tokens)
         features.append(encoded.pooled)
         tokens += [encoded.tokens] if session.run.tokens else []
-        labels = [data.classes[c] for c in dataset.class_ids] if getattr(dataset, "class_ids", None) else None
+        if data.multi_label:  # no class ids: each item's labels as its labels file names them ("dog;rain")
+            labels = getattr(dataset, "labels", None)
+        else:
+            labels = [data.classes[c] for c in dataset.class_ids] if getattr(dataset, "class_ids", None) else None
         names = getattr(dataset, "names", None) or [f"{split}/{i}" for i in range(len(dataset))]
         rows += [{"name": n, "split": split, "label": labels[i] if labels else None} for i, n in enumerate(names)]
     tensors = {"features": torch.cat(features)}  # (N, feature_dim)

@@ -65,8 +65,12 @@ def test_multi_label_run_reports_mean_average_precision(tmp_path):
         rows.append(f"c{i}.wav,{label}")
     (data / "labels.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    launch_recipe("audio", *SMALL, "--data", data, "--out", out, "--max-steps", "4", "--frames", "96", direct=True)
+    stages = "pretrain,probe,finetune,extract"
+    args = ["--data", data, "--out", out, "--max-steps", "4", "--frames", "96", "--stage", stages]
+    launch_recipe("audio", *SMALL, *args, direct=True)
     metrics = json.loads((out / "metrics.json").read_text())
+    rows = json.loads((out / "features.json").read_text())["rows"]  # extract names each row's labels as written
+    assert sorted({r["label"] for r in rows}) == ["high", "low", "low;high", "low;mid", "mid", "mid;high"]
     for key in ("probe/mAP", "finetune/mAP", "finetune/micro_f1", "probe_random_init/mAP"):
         assert 0 < metrics[key] <= 1, key
     # three tones at fixed pitches: the pooled filterbank names them, far above label frequency (0.5)
