@@ -1,22 +1,23 @@
-import pytest
 import torch
 
-from foundations.heads import Classifier, ClassifierHead, LinearProbeHead, layer_decay_groups
+from foundations.heads import Classifier, LinearProbeHead, layer_decay_groups
 from foundations.vit import Encoder
 from tests.conftest import TINY_ENCODER, image_adapter
 
 
 def classifier(n_classes=3, smoothing=0.0):
     adapter = image_adapter(32)
-    return Classifier(Encoder(adapter, TINY_ENCODER), ClassifierHead(32, n_classes), smoothing)
+    return Classifier(Encoder(adapter, TINY_ENCODER), LinearProbeHead(32, n_classes), smoothing)
 
 
 def test_classifier__logits_and_label_smoothed_loss():
-    model = classifier()
-    out = model(torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 0]))
+    model = classifier(smoothing=0.1)
+    x, y = torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
+    out = model(x, y)
     assert out.logits.shape == (4, 3)
-    # the head starts near zero: uniform predictions, loss = log(3) whatever the smoothing
-    assert out.loss.item() == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-3)
+    # smoothing 0.1 over 3 classes: target 0.9 + 0.1/3 on the class, 0.1/3 on the others
+    target = torch.full((4, 3), 0.1 / 3).scatter_(1, y[:, None], 0.9 + 0.1 / 3)
+    torch.testing.assert_close(out.loss, -(target * out.logits.log_softmax(-1)).sum(-1).mean())
     assert model(torch.rand(2, 1, 16, 16)).loss is None
 
 
