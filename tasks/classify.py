@@ -205,7 +205,7 @@ def finetune(
     session: Session, data: DomainData, encoder_dir: Path, opts: FinetuneOptions, mix: float = 0.0, stage="finetune"
 ) -> dict:
     """Fine-tune encoder + head (the linear probe's: BatchNorm without affine, then Linear), the
-    head first fitted to the frozen encoder's cached features as the linear probe is
+    head first fitted to the frozen encoder's cached features
     (``opts.finetune_from_probe``: LP-FT, Kumar et al. 2022: a head that starts at random sends
     random gradients into the pretrained features); ``mix`` > 0 mixes the training batches (mixup's alpha; inputs must
     be tensors whose weighted sum is an input, as spectrograms and images are). Held-out logits are

@@ -205,8 +205,8 @@ class FinetuneOptions:
     finetune_from_probe: bool = field(
         default=True,
         metadata={
-            "help": "fit the classifier head to the frozen encoder's features first, as the linear probe "
-            "(--probe-steps), then fine-tune everything (LP-FT, Kumar et al. 2022): a head that starts at random "
+            "help": "fit the classifier head to the frozen encoder's features first (--probe-steps, lr 1e-2), "
+            "then fine-tune everything (LP-FT, Kumar et al. 2022): a head that starts at random "
             "sends random gradients into the pretrained features"
         },
     )
