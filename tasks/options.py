@@ -213,8 +213,8 @@ class FinetuneOptions:
     finetune_lr: float = field(
         default=2e-3,
         metadata={
-            "help": "fine-tuning base lr (x total batch / 256); 10x this (2e-2) moved ModelNet10 and BUSI "
-            "encoders off their features within a few steps"
+            "help": "fine-tuning base lr (x total batch / 256); with a fitted head, 2e-2 moved ModelNet10 "
+            "and BUSI encoders off their features within a few steps"
         },
     )
     layer_decay: float = field(default=0.75, metadata={"help": "fine-tuning lr x decay per block from the top"})
