@@ -2,6 +2,8 @@
 
 accelerate launch recipes/ultrasound.py                      # built-in phantom, all stages
 accelerate launch recipes/ultrasound.py --data DIR           # labels.csv or <class>/ folders
+accelerate launch recipes/ultrasound.py --data DIR --finetune-steps 600 --finetune-lr 5e-3   # real data:
+    # the default 120 fine-tuning steps suit the phantom; BUSI fine-tuned this long beat its linear probe
 accelerate launch --multi_gpu --num_processes 2 recipes/ultrasound.py --stage pretrain
 """
 
