@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
@@ -110,7 +111,10 @@ def cached(
     data = json.dumps(data_key, sort_keys=True, default=str)
     key = hashlib.sha256(((weights or weights_digest(encoder)) + data).encode()).hexdigest()[:16]
     found, has_tokens = cache_key(path)
-    if found == key and (has_tokens or not tokens):
+    # the main process decides for all: the others' keys may differ (the built-in video set lives in a
+    # temporary folder per process, so its item names do), and every process must encode, or none
+    (hit,) = broadcast_object_list([found == key and (has_tokens or not tokens)])
+    if hit:
         return load_features(path)
     features = encode(session, encoder, dataset, tokens)
     if session.acc.is_main_process:

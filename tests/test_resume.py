@@ -104,4 +104,6 @@ def test_two_processes_log_the_losses_of_one_with_the_same_total_batch(tmp_path)
     assert one.keys() == two.keys() and len(one) == STEPS
     worst = max(abs(one[s] - two[s]) / abs(one[s]) for s in one)
     print(f"one vs two processes over {STEPS} steps: largest relative loss difference {worst:.2e}")
-    assert worst < 1e-5
+    # float32 reductions in another order, compounded over 30 steps: under 1e-5 until the packages installed
+    # on 2026-12-03 (accelerate 1.16, numpy 2.4), 1.5e-5 with them, for this code and the code before it
+    assert worst < 1e-4
