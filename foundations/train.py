@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from foundations.checkpoint import CheckpointError, load_training_state, save_training_state
@@ -179,7 +179,8 @@ def set_epoch(loader, epoch: int) -> None:
     """Tell the sampler and the dataset the epoch. Accelerate's loader reaches its own seedable
     sampler but neither a batch sampler it wraps for several processes nor, beside that sampler,
     the dataset."""
-    loader.set_epoch(epoch)
+    if hasattr(loader, "set_epoch"):  # Accelerate's; a stream's loader is left to the stream
+        loader.set_epoch(epoch)
     for part in (loader.dataset, getattr(loader.batch_sampler, "batch_sampler", None)):
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
@@ -239,7 +240,11 @@ def fit(
         compile_quietly(model, backend=cfg.compile)
     # one stage's objects only: what save_state writes must be what a later resume of this stage loads
     acc.free_memory()
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    # a stream that cuts itself up among processes and workers and starts at any batch (``skip_batches``,
+    # modalities.shards.ShardStream) is not handed to Accelerate, which would give each process all of it to cut
+    stream = hasattr(loader.dataset, "skip_batches")
+    model, optimizer, *prepared = acc.prepare(model, optimizer, *([] if stream else [loader]))
+    loader = loader if stream else prepared[0]
     if len(loader) == 0:
         raise ValueError(f"[{stage}] no full batch of {cfg.batch_size} per process: the dataset is too small")
 
@@ -264,8 +269,13 @@ def fit(
         if acc.is_main_process:
             shutil.rmtree(ckpt_dir)
         acc.wait_for_everyone()
+    micro_epoch = len(loader)  # micro-batches in an epoch
+    position = (0, 0)  # (epoch, micro-batches of it done): the position in the data
     if resume and (state := load_checkpoint(acc, ckpt_dir, stage, model, optimizer, schedule)):
         step, first_loss = state["step"], state["first_loss"]
+        position = divmod(step * acc.gradient_accumulation_steps, micro_epoch)
+        if state.get("data", list(position)) != list(position):
+            raise CheckpointError(f"{ckpt_dir}: step {step} and the data position {state['data']} disagree")
         scheduler.load_state_dict(state["scheduler"])  # stepped by us, once per optimizer step
     if step >= cfg.max_steps:
         return FitResult(first_loss, state["last_loss"], step)
@@ -277,7 +287,7 @@ def fit(
     interactive = sys.stderr.isatty()  # a bar on a terminal; plain log lines in files and CI
     bar = tqdm(total=cfg.max_steps, initial=step, desc=stage, disable=not (acc.is_local_main_process and interactive))
     micro = step * acc.gradient_accumulation_steps
-    epoch, skip = divmod(micro, len(loader))
+    epoch, skip = position
     running, n_running, t0, last_loss = 0.0, 0, time.perf_counter(), float("nan")
     waited, t_log, t_asked = 0.0, t0, t0  # seconds spent waiting for batches since the last record
     step_sum, step_n = 0.0, 0  # this optimizer step's micro-batch losses
@@ -285,9 +295,12 @@ def fit(
     model.train()
     while step < cfg.max_steps:
         set_epoch(loader, epoch)
-        batches = acc.skip_first_batches(loader, skip) if skip else loader
+        if stream:
+            loader.dataset.skip_batches(skip)
+        batches = acc.skip_first_batches(loader, skip) if skip and not stream else loader
         skip = 0
         for batch in batches:
+            batch = send_to_device(batch, acc.device) if stream else batch
             waited += time.perf_counter() - t_asked
             set_seed(derive_seed(cfg.seed, stage, acc.process_index, micro))
             micro += 1
@@ -364,6 +377,7 @@ def fit(
                     "last_loss": step_loss,
                     "scheduler": scheduler.state_dict(),
                     "schedule": schedule,
+                    "data": divmod(micro, micro_epoch),  # where in the data a resume continues: epoch, batch
                 }
                 save_checkpoint(acc, ckpt_dir, model, optimizer, state, cfg.keep_checkpoints)
             t_asked = time.perf_counter()

@@ -18,6 +18,7 @@ from foundations.mae import DecoderConfig
 from foundations.train import FitResult, Seeded, TrainConfig, fit
 from foundations.vit import EncoderConfig
 from modalities import hub, is_foreign
+from modalities.shards import ShardStream
 from modalities.convert import import_checkpoint
 from tasks.options import RunOptions
 
@@ -34,8 +35,13 @@ class Session:
     def loader(self, dataset, shuffle: bool, batch_size: int | None = None, batch_groups=None) -> DataLoader:
         """Batches of at most each process's share of ``dataset``, so every process gets one; with
         ``batch_groups``, every batch comes from one group. Training items (shuffled or grouped) are
-        drawn with generators seeded from the run's seed, the epoch and the index (``Seeded``)."""
+        drawn with generators seeded from the run's seed, the epoch and the index (``Seeded``). A
+        ``ShardStream`` gets this process's part of it, in whole batches."""
         processes, run = self.acc.num_processes, self.run
+        if isinstance(dataset, ShardStream):  # it splits itself among processes and workers
+            batch = max(1, min(batch_size or run.batch_size, dataset.total // processes))
+            stream = dataset.split(self.acc.process_index, processes, batch)
+            return DataLoader(stream, batch_size=batch, drop_last=True, **self.loader_options())
         if shuffle or batch_groups is not None:
             dataset = Seeded(dataset, self.seed)
         batch = max(1, min(batch_size or run.batch_size, len(dataset) // processes))

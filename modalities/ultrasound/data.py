@@ -7,8 +7,11 @@ sample; all frames of a clip stay on one side of a train/eval split.
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,6 +34,7 @@ from modalities.common import (
     stratified_split,
 )
 from modalities.image.figures import reconstruction_grid
+from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, MAX_PIXELS, read_clip, read_image
 from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset
 from modalities.ultrasound.transforms import UltrasoundAugment, resize_pair, sector_geometry
@@ -92,10 +96,7 @@ class FrameDataset(Dataset):
         )
 
     def __getitem__(self, i):
-        image = self.frames[i].float()[None] / 255
-        sector = self.sectors[i][None]
-        image, sector = self.augment(image, sector) if self.augment else resize_pair(image, sector, self.size)
-        return {"x": image, "valid": sector.float(), "y": self.classes.index(self.labels[i])}
+        return frame_item(self.frames[i], self.sectors[i], self.classes.index(self.labels[i]), self.size, self.augment)
 
     def statistics(self) -> tuple[float, float]:
         """Mean and std of the stored pixels inside the sectors (the adapter's normalisation)."""
@@ -105,6 +106,14 @@ class FrameDataset(Dataset):
             total, sq, n = total + v.sum().item(), sq + (v**2).sum().item(), n + v.numel()
         mean = total / max(n, 1)
         return mean, max((sq / max(n, 1) - mean**2), 1e-12) ** 0.5
+
+
+def frame_item(frame: torch.Tensor, sector: torch.Tensor, label: int, size: int, augment) -> dict:
+    """A stored frame (H, W) uint8 and its sector (H, W) bool -> {"x": (1, S, S), "valid": (1, S, S),
+    "y"}, augmented or (``augment`` None) the evaluation view."""
+    image, sector = frame.float()[None] / 255, sector[None]
+    image, sector = augment(image, sector) if augment else resize_pair(image, sector, size)
+    return {"x": image, "valid": sector.float(), "y": label}
 
 
 def raw_features(dataset: FrameDataset, side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,18 +148,25 @@ def read_frames(path, frames_per_clip: int, patch: int, max_pixels: int = MAX_PI
     return stack
 
 
+def stored_frames(samples: list[Sample], opts: UltrasoundOptions, skip_bad: bool, skipped: list, progress: bool):
+    """Read each sample -> (sample, its frames as stored: uint8 with short side 1.25 x the training
+    size, the sector of its imaged region); unreadable files go to ``skipped`` under ``skip_bad``."""
+    store = round(opts.image_size * 1.25)
+    read = lambda s: read_frames(s.path, opts.frames_per_clip, opts.patch, opts.max_pixels)  # noqa: E731
+    for s in tqdm(samples, desc="reading ultrasound", disable=None if progress else True):  # None: TTY only
+        stacks, bad = read_each([s], read, skip_bad, name=lambda s: str(s.path))
+        skipped += bad
+        for stack in stacks:
+            stored = [_store(f, store) for f in stack]
+            yield s, stored, sector_geometry(torch.stack(stored).float() / 255)
+
+
 def load_frames(samples: list[Sample], opts: UltrasoundOptions, skip_bad: bool, classes=None, progress: bool = True):
     """Read every sample into a ``FrameDataset``; returns (dataset, skipped [(path, reason)], the
     count of sources by the geometry of their imaged region)."""
-    frames, sectors, labels, sources, geometries = [], [], [], [], Counter()
-    store = round(opts.image_size * 1.25)
-    samples = tqdm(samples, desc="reading ultrasound", disable=None if progress else True)  # None: TTY only
-    read = lambda s: (s, read_frames(s.path, opts.frames_per_clip, opts.patch, opts.max_pixels))  # noqa: E731
-    stacks, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
-    for s, stack in stacks:
-        stored = [_store(f, store) for f in stack]
+    frames, sectors, labels, sources, geometries, skipped = [], [], [], [], Counter(), []
+    for s, stored, sector in stored_frames(samples, opts, skip_bad, skipped, progress):
         frames += stored
-        sector = sector_geometry(torch.stack(stored).float() / 255)
         sectors += [sector.mask] * len(stored)
         geometries[sector.geometry] += 1
         labels += [s.label] * len(stored)
@@ -180,9 +196,12 @@ KNOWN_CARDS = {"busi_256": "data_cards/busi.md", "pocus_ccby_subset": "data_card
 def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
     """Datasets, adapter config and data card for the ultrasound recipe.
 
-    With ``source.data`` None the built-in phantom is used; without ``eval_data`` a stratified split
-    (20 %, grouped by source file, fixed seed) of the data is held out.
+    With ``source.data`` None the built-in phantom is used; shards (``modalities.shards.is_shards``)
+    are streamed for pretraining; without ``eval_data`` a stratified split (20 %, grouped by source
+    file, fixed seed) of the data is held out.
     """
+    if is_shards(source.data):
+        return shard_domain(source, opts)
     exts = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
     skipped, size, geometries = [], opts.image_size, Counter()
     if source.data is None:
@@ -203,26 +222,136 @@ def build_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
         geometries += also
         skipped += more
         check_held_out_classes(held.labels, full.classes, source.eval_data, source.data)
-    mean, std = train.statistics()
-    adapter = GridConfig(1, (opts.patch, opts.patch), (size, size), (mean,), (std,))
     everything = range(len(train))
+    return assemble(
+        opts,
+        train.subset(everything, UltrasoundAugment(opts.image_size)),
+        train,
+        held,
+        full.classes,
+        train.statistics(),
+        card,
+        {
+            "train_frames": len(train),
+            "eval_frames": len(held),
+            "skipped_files": len(skipped),
+            "skipped": skipped,
+            **({"sectors": dict(geometries)} if geometries else {}),
+        },
+    )
+
+
+def assemble(opts, pretrain, train, held, classes, statistics, card, info) -> DomainData:
+    """The recipe's ``DomainData`` from its pretraining set, the training split's evaluation view
+    ``train``, the held-out split and the training pixels' mean and std."""
+    size, (mean, std) = opts.image_size, statistics
+    adapter = GridConfig(1, (opts.patch, opts.patch), (size, size), (mean,), (std,))
     return DomainData(
-        pretrain=train.subset(everything, UltrasoundAugment(size)),
+        pretrain=pretrain,
         # milder crops for classification: a small crop can cut the lesion out
-        finetune=train.subset(everything, UltrasoundAugment(size, scale=(0.8, 1.0))),
+        finetune=OnFirstUse(lambda: train.subset(range(len(train)), UltrasoundAugment(size, scale=(0.8, 1.0)))),
         train_eval=train,
         held_out=held,
-        classes=full.classes,
+        classes=classes,
         adapter={"name": "ultrasound", **asdict(adapter)},
         data_card=card,
         render=reconstruction_grid,
         raw_features=raw_features,
-        info={
-            "train_frames": len(train),
-            "eval_frames": len(held),
-            "classes": full.classes,
-            "skipped_files": len(skipped),
-            "skipped": skipped,
-            **({"sectors": dict(geometries)} if geometries else {}),  # files by imaged-region geometry
-        },
+        info={"classes": classes, **info},
+    )
+
+
+# What a folder of shards holds per frame, and the options that fix it (checked when it is read)
+SHARD_OPTIONS = ("image_size", "frames_per_clip", "max_pixels")
+
+
+def write_shards(source: DataSource, opts: UltrasoundOptions, write: Callable[[str, Iterable[dict]], list]) -> dict:
+    """Read ``source.data`` as the recipe reads it and hand each split's frames to ``write(split,
+    samples)``, the training split as ``train`` and the held-out one (``eval_data``, else the
+    recipe's own 20 % split) as ``test``; a sample is a stored frame, its sector and its label,
+    group (the source file) and source. -> what the index of the shards records of the data."""
+    exts = IMAGE_EXTENSIONS + CLIP_EXTENSIONS
+    samples = discover(source.data, exts)
+    classes = require_classes([s.label for s in samples], source.data)
+    if source.eval_data is None:
+        train_idx, eval_idx = stratified_split(
+            [s.label for s in samples], [str(s.path) for s in samples], 0.2, source.seed
+        )
+        splits = {"train": [samples[i] for i in train_idx], "test": [samples[i] for i in eval_idx]}
+    else:
+        held = discover(source.eval_data, exts)
+        check_held_out_classes([s.label for s in held], classes, source.eval_data, source.data)
+        splits = {"train": samples, "test": held}
+    skipped, sums = [], np.zeros(3)  # sums of the training pixels in sectors: (v, v**2, count)
+
+    def frames(split: str, chosen: list[Sample]) -> Iterator[dict]:
+        for s, stored, sector in stored_frames(chosen, opts, source.skip_bad_files, skipped, source.progress):
+            for t, frame in enumerate(stored):
+                if split == "train":
+                    v = frame[sector.mask].double() / 255
+                    sums[:] += (v.sum().item(), (v**2).sum().item(), v.numel())
+                meta = {"label": s.label, "group": s.group or str(s.path), "source": str(s.path), "frame": t}
+                yield {"frame.npy": frame.numpy(), "sector.npy": sector.mask.numpy(), "json": meta}
+
+    for chosen in splits.values():  # shuffled once here: a stream reads each shard in order
+        random.Random(source.seed).shuffle(chosen)
+    written = {split: write(split, frames(split, chosen)) for split, chosen in splits.items()}
+    mean = sums[0] / max(sums[2], 1)
+    return {
+        "classes": classes,
+        "statistics": [mean, max(sums[1] / max(sums[2], 1) - mean**2, 1e-12) ** 0.5],
+        "options": {k: getattr(opts, k) for k in SHARD_OPTIONS},
+        "data_card": data_card(source.data, KNOWN_CARDS),
+        "splits": written,
+        "skipped": skipped,
+    }
+
+
+def shard_item(sample: dict, classes: list[str], size: int, augment) -> dict:
+    return frame_item(
+        torch.from_numpy(sample["frame.npy"]),
+        torch.from_numpy(sample["sector.npy"]),
+        classes.index(sample["json"]["label"]),
+        size,
+        augment,
+    )
+
+
+def shard_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
+    """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``);
+    the probe and fine-tuning read the labelled splits into memory when they start."""
+    index, shards = read_index(source.data)
+    where = source.data
+    if index.get("modality") != "ultrasound":
+        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not ultrasound")
+    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
+    classes, size = index["classes"], opts.image_size
+    held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
+    if not held:
+        raise DataError(f"{where}: no held-out shards (test split) beside these; pass --eval-data")
+
+    def frames(chosen) -> FrameDataset:
+        stream = ShardStream(chosen, None, source.seed, source.skip_bad_files)
+        frames, sectors, labels, sources = [], [], [], []
+        for sample in stream.samples():
+            frames.append(torch.from_numpy(sample["frame.npy"]))
+            sectors.append(torch.from_numpy(sample["sector.npy"]))
+            labels.append(sample["json"]["label"])
+            sources.append(sample["json"]["group"])
+        return FrameDataset(frames, sectors, labels, sources, classes, size, None)
+
+    decode = functools.partial(shard_item, classes=classes, size=size, augment=UltrasoundAugment(size))
+    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
+    return assemble(
+        opts,
+        ShardStream(shards, decode, source.seed, source.skip_bad_files),
+        OnFirstUse(lambda: frames(shards)),
+        OnFirstUse(lambda: frames(held)),
+        classes,
+        index["statistics"],
+        index["data_card"],
+        {"shards": len(shards), "train_frames": count(shards), "eval_frames": count(held)},
     )

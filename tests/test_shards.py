@@ -1,0 +1,184 @@
+"""Shards (modalities.shards, tasks.shards): the converter's round trip against the loose folder,
+webdataset reading what we write, the split over processes and workers, resuming at a batch, and
+damaged shards."""
+
+import json
+import logging
+import tarfile
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from modalities.common import DataError, DataSource
+from modalities.shards import INDEX, ShardStream, parse_size, read_index, write_split
+from modalities.ultrasound.data import UltrasoundOptions, build_domain
+from tasks.shards import convert, main
+from tests.test_ultrasound import write_clip
+
+OPTS = UltrasoundOptions(image_size=32, patch=16, frames_per_clip=3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Three classes of grey images of different sizes and one cine loop."""
+    root = tmp_path_factory.mktemp("us")
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("a", "b", "c")):
+        (root / cls).mkdir()
+        for i in range(6):
+            image = rng.integers(0, 256, (40 + 4 * i, 48 + 2 * c), dtype=np.uint8)
+            Image.fromarray(image).save(root / cls / f"{i}.png")
+    write_clip(root / "a" / "loop.mp4", n_frames=6)
+    return root
+
+
+def by_source(dataset) -> dict:
+    frames = defaultdict(list)
+    for frame, sector, label, source in zip(
+        dataset.frames, dataset.sectors, dataset.labels, dataset.sources, strict=True
+    ):
+        frames[source].append((frame, sector, label))
+    return frames
+
+
+def test_converter__shards_hold_what_the_recipe_reads_from_the_folder(folder, tmp_path):
+    loose = build_domain(DataSource(data=str(folder)), OPTS)
+    convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path, parse_size("20kB"))
+    shards = build_domain(DataSource(data=str(tmp_path)), OPTS)
+    assert len(read_index(str(tmp_path))[1]) > 3  # several shards of at most 20 kB
+    assert shards.classes == loose.classes
+    stats = ("mean", "std")  # summed in another order: equal to rounding
+    assert {k: v for k, v in shards.adapter.items() if k not in stats} == {
+        k: v for k, v in loose.adapter.items() if k not in stats
+    }
+    for k in stats:
+        assert shards.adapter[k] == pytest.approx(loose.adapter[k], rel=1e-12)
+    for split in ("train_eval", "held_out"):
+        a, b = by_source(getattr(loose, split)), by_source(getattr(shards, split))
+        assert a.keys() == b.keys() and len(a) >= 3
+        for source in a:
+            assert len(a[source]) == len(b[source])
+            for (fa, sa, la), (fb, sb, lb) in zip(a[source], b[source], strict=True):
+                assert torch.equal(fa, fb) and torch.equal(sa, sb) and la == lb, source
+    assert len(by_source(shards.train_eval)[str(folder / "a" / "loop.mp4")]) == 3  # a clip's frames, together
+
+
+def test_webdataset_reads_our_shards(folder, tmp_path):
+    import webdataset as wds
+
+    index = convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path, parse_size("1MB"))
+    url = str(tmp_path / index["splits"]["train"][0]["url"])
+    theirs = list(wds.WebDataset(url, shardshuffle=False).decode())
+    ours = list(ShardStream(read_index(str(tmp_path))[1], None, 0, False).samples())
+    assert len(theirs) == len(ours) == index["splits"]["train"][0]["nsamples"]
+    for t, o in zip(theirs, ours, strict=True):
+        assert np.array_equal(t["frame.npy"], o["frame.npy"]) and t["json"] == o["json"]
+
+
+def numbered(tmp_path, n: int = 48, shard_bytes: int = 5000) -> list:
+    """``n`` samples numbered in order, in shards of unequal counts."""
+    samples = ({"x.npy": np.full(40 + 30 * (i % 3), i), "json": {"i": i}} for i in range(n))
+    shards = write_split("train", samples, tmp_path, shard_bytes)
+    assert len({s["nsamples"] for s in shards}) > 1  # unequal shards
+    return [(tmp_path / s["url"], s["nsamples"]) for s in shards]
+
+
+def number(sample: dict) -> dict:
+    return {"i": sample["json"]["i"], "size": len(sample["x.npy"])}
+
+
+def read(stream: ShardStream, workers: int) -> list[list[int]]:
+    return [b["i"].tolist() for b in DataLoader(stream, batch_size=stream.batch, num_workers=workers, drop_last=True)]
+
+
+def test_stream__two_processes_two_workers_cover_the_epoch_once(tmp_path):
+    stream = ShardStream(numbered(tmp_path), number, seed=3, skip_bad=False)
+    runs = [read(stream.split(rank, 2, 4), workers=2) for rank in (0, 1)]
+    assert len(runs[0]) == len(runs[1]) == 6  # the same count of batches on every process
+    seen = [i for run in runs for batch in run for i in batch]
+    assert sorted(seen) == list(range(48))  # no sample twice, none left out
+    assert runs[0] == read(stream.split(0, 2, 4), workers=0)  # the order does not depend on workers
+    stream.set_epoch(1)
+    assert read(stream.split(0, 2, 4), workers=2) != runs[0]  # another epoch, another shard order
+
+
+def test_stream__resumes_at_a_batch_without_opening_the_shards_before(tmp_path):
+    shards = numbered(tmp_path)
+    stream = ShardStream(shards, number, seed=1, skip_bad=False).split(1, 2, 4)
+    stream.set_epoch(2)
+    whole = read(stream, workers=2)
+    order = stream.order(2)
+    passed = 48 // 2 + 3 * 4  # process 1's run starts half-way; three of its batches are done
+    done = [path for path, _ in order[: np.searchsorted(np.cumsum([n for _, n in order]), passed, "right")]]
+    assert done  # the resume would start past at least one whole shard
+    for path in done:
+        path.write_bytes(b"")  # a resume that opened them would fail
+    stream.skip_batches(3)
+    assert read(stream, workers=2) == whole[3:]
+
+
+def damage(shard, member_name: str) -> None:
+    """Overwrite the data of one member with bytes that are no .npy."""
+    with tarfile.open(shard) as tar:
+        offset = tar.getmember(member_name).offset_data
+    with open(shard, "r+b") as f:
+        f.seek(offset)
+        f.write(b"garbage!" * 4)
+
+
+def test_stream__a_damaged_member_is_named_or_skipped(tmp_path, caplog):
+    shards = numbered(tmp_path, n=12)
+    shard = shards[0][0]
+    damage(shard, "000000001.x.npy")
+    with pytest.raises(DataError, match=rf"{shard.name}: member 000000001.x.npy"):
+        read(ShardStream([shards[0]], number, 0, skip_bad=False), workers=0)
+    with caplog.at_level(logging.WARNING, logger="modalities.shards"):
+        batches = read(ShardStream([shards[0]], number, 0, skip_bad=True), workers=0)
+    assert [i for b in batches for i in b] == [0, 2, 2, *range(3, shards[0][1])]  # the next one takes its place
+    assert f"{shard.name}: member 000000001.x.npy" in caplog.text
+
+
+def test_stream__a_truncated_shard_names_the_missing_samples(tmp_path):
+    shards = numbered(tmp_path, n=12)
+    shard, n = shards[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"{shard.name}: sample \d+ (is missing|lacks x.npy)"):
+        read(ShardStream([(shard, n)], number, 0, skip_bad=False), workers=0)
+
+
+def test_converter__keeps_earlier_shards_and_checks_the_options(folder, tmp_path):
+    convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path, parse_size("1MB"))
+    before = (tmp_path / INDEX).read_bytes()
+    with pytest.raises(DataError, match=rf"{tmp_path}: holds shards already"):
+        convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path, parse_size("1MB"))
+    assert (tmp_path / INDEX).read_bytes() == before
+    with pytest.raises(DataError, match=r"written with --image-size 32; run with those or convert again"):
+        build_domain(DataSource(data=str(tmp_path)), UltrasoundOptions(image_size=64, patch=16, frames_per_clip=3))
+    with pytest.raises(DataError, match=r"train-000001.tar: not a shard listed"):
+        build_domain(DataSource(data=str(tmp_path / "train-{000000..000001}.tar")), OPTS)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--modality", "ultrasound", "--out", "OUT"], "--data: the folder to convert is required"),
+        (["--modality", "ultrasound", "--out", "OUT", "--data", "NOWHERE"], "NOWHERE: data folder not found"),
+    ],
+)
+def test_converter__bad_input_named(tmp_path, args, message):
+    args = [a.replace("OUT", str(tmp_path / "o")).replace("NOWHERE", str(tmp_path / "none")) for a in args]
+    with pytest.raises(DataError, match=message.replace("NOWHERE", str(tmp_path / "none"))):
+        main(args)
+    assert not (tmp_path / "o" / INDEX).exists()
+
+
+def test_converter__command_line_writes_the_index(folder, tmp_path, capsys):
+    main(["--modality", "ultrasound", "--data", str(folder), "--out", str(tmp_path), "--image-size", "32"])
+    index = json.loads((tmp_path / INDEX).read_text())
+    assert index["options"]["image_size"] == 32 and index["classes"] == ["a", "b", "c"]
+    written = sum(s["nsamples"] for ss in index["splits"].values() for s in ss)
+    assert written == 18 + 6 and "train:" in capsys.readouterr().out  # 18 images, the 6 frames of the clip
