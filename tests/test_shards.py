@@ -182,3 +182,28 @@ def test_converter__command_line_writes_the_index(folder, tmp_path, capsys):
     assert index["options"]["image_size"] == 32 and index["classes"] == ["a", "b", "c"]
     written = sum(s["nsamples"] for ss in index["splits"].values() for s in ss)
     assert written == 18 + 6 and "train:" in capsys.readouterr().out  # 18 images, the 6 frames of the clip
+
+
+@pytest.mark.e2e
+def test_recipe__two_processes_killed_mid_stream_resume_bit_identical(folder, tmp_path):
+    """Pretraining on shards with 2 processes x 1 worker, SIGKILLed at its first checkpoint (step 7 of
+    an epoch of 2 batches per process: mid-epoch) and resumed, ends with the weights and losses of
+    an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import launch_recipe
+    from tests.test_resume import COMMON, launch_and_kill, losses
+
+    convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path / "shards", parse_size("20kB"))
+    args = [*COMMON, "--data", tmp_path / "shards", "--image-size", "32", "--patch", "16", "--frames-per-clip", "3"]
+    args += ["--batch-size", "4", "--workers", "1"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    launch_recipe("ultrasound", *args, "--out", straight, processes=2, threads=1)
+    left = launch_and_kill("ultrasound", args, killed, processes=2)
+    position = json.loads((killed / "checkpoints" / "pretrain" / left[-1] / "trainer.json").read_text())["data"]
+    assert position[1] > 0, f"resumed at {position} (epoch, batch): not mid-epoch"
+    proc = launch_recipe("ultrasound", *args, "--out", killed, "--resume", processes=2, threads=1)
+    assert "resumed from" in proc.stdout + proc.stderr, left
+    a, b = (load_file(run / "encoder" / "model.safetensors") for run in (straight, killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(killed) == losses(straight)
