@@ -3,9 +3,10 @@
 AdamW (betas 0.9, 0.95 as in MAE), linear warmup then cosine decay, learning rate scaled by
 total batch / 256 (Goyal et al. 2017, as MAE does), gradient accumulation, clipping, mixed
 precision, resumable checkpoints every N steps, a progress bar on the main process and a
-JSON-lines log. A non-finite loss on any process, or a non-finite gradient, stops every process
-before the update, so the last checkpoint on disk is the last good one; a resume skips a damaged
-latest checkpoint for the one before it.
+JSON-lines log, whose records also go to the Accelerator's experiment trackers, if any. A
+non-finite loss on any process, or a non-finite gradient, stops every process before the update,
+so the last checkpoint on disk is the last good one; a resume skips a damaged latest checkpoint
+for the one before it.
 
 Exact resume: nothing random is carried in a checkpoint. The data order comes from the seed and
 the epoch (Accelerate's seedable sampler), each item is drawn with generators seeded from (seed,
@@ -124,8 +125,11 @@ def resolve_precision(mixed_precision: str = "auto", cpuinfo: str | Path = "/pro
     return "bf16" if native_bf16(cpuinfo) else "no"
 
 
-def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, seed: int = 0) -> Accelerator:
-    """``mixed_precision``: "auto" (``resolve_precision``), "no", "bf16", "fp16"."""
+def make_accelerator(
+    mixed_precision: str = "auto", grad_accum: int = 1, seed: int = 0, log_with: list | None = None
+) -> Accelerator:
+    """``mixed_precision``: "auto" (``resolve_precision``), "no", "bf16", "fp16". ``log_with``: the
+    experiment trackers ``fit`` also logs to (``foundations.trackers``), once ``init_trackers`` starts them."""
     mixed_precision = resolve_precision(mixed_precision)
     # Accelerate picks gloo (MULTI_CPU) for a multi-process launch only when told to use the CPU;
     # without this, `accelerate launch --multi_gpu` on a machine with no GPU starts independent runs.
@@ -134,6 +138,7 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, seed: i
         cpu=multi_process_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
+        log_with=log_with,
         # the shuffled order depends on the seed and the epoch only, not on the global generator
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
@@ -368,6 +373,7 @@ def fit(
                 if acc.is_main_process:
                     with log.open("a") as f:
                         f.write(json.dumps(record) + "\n")
+                acc.log({f"{stage}/{k}": record[k] for k in ("loss", "lr", "data_wait")}, step=step)
             if on_step is not None:
                 on_step(step, acc.unwrap_model(model))
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from foundations import trackers
 from foundations.vit import PRESETS
 from modalities.common import DataSource
 
@@ -99,6 +100,19 @@ class RunOptions:
     compile: bool = field(
         default=False, metadata={"help": "torch.compile the models; what cannot be compiled runs as it is"}
     )
+    log_with: str = field(
+        default="none",
+        metadata={
+            "choices": ("none", *trackers.TRACKERS),
+            "help": "experiment tracker that also receives each log.jsonl record (loss, lr, data-wait share, as "
+            "<stage>/loss ...), the reconstruction pictures and each stage's figures; log.jsonl stays. "
+            "tensorboard: the tensorboard package (pip install 'mae-foundations[trackers]'), event files in "
+            "OUT/trackers/tensorboard (tensorboard --logdir OUT/trackers); wandb: the wandb package, an offline run "
+            "in OUT/trackers/wandb unless WANDB_MODE=online (or `wandb sync` it later); mlflow: the mlflow package, "
+            "into its tracking store (MLFLOW_TRACKING_URI, by default a local one in the working directory). None "
+            "needs the network",
+        },
+    )
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -121,6 +135,9 @@ class RunOptions:
         for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        # here, before any data is read: Accelerate would drop a tracker that is not installed without a word
+        if self.log_with != "none" and (needs := trackers.missing(self.log_with)):
+            raise ValueError(f"--log-with {self.log_with} needs {needs}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from foundations.checkpoint import load_decoder, load_state, save_pretrained
 from foundations.files import replacing
 from foundations.mae import DECODER_PRESETS, DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import sample_generators
+from foundations.trackers import log_image
 from foundations.train import TrainConfig
 from foundations.vit import PRESETS, EncoderConfig, gather_tokens
 from modalities import ADAPTERS, build_adapter, load_encoder
@@ -101,9 +102,10 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions, start: P
             return
         pictures.mkdir(parents=True, exist_ok=True)
         model.eval()
-        image = data.render(model, view["x"], view.get("valid"))
+        image = as_bytes(data.render(model, view["x"], view.get("valid")))
         with replacing(pictures / f"step_{step:06d}.png") as tmp:
-            Image.fromarray(as_bytes(image)).save(tmp)
+            Image.fromarray(image).save(tmp)
+        log_image(acc, "pretrain/reconstruction", image, step)
         if data.animate is not None and step == steps:  # the last reconstruction, moving
             frames = [Image.fromarray(f) for f in as_bytes(data.animate(model, view["x"], view.get("valid")))]
             with replacing(pictures / "clip.gif") as tmp:

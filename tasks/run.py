@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 from accelerate.utils import set_seed
 
+from foundations import trackers
 from foundations.checkpoint import CheckpointError
 from foundations.files import write_text
 from foundations.train import NonFiniteLossError, derive_seed, make_accelerator
@@ -87,8 +88,11 @@ def read_metrics(path: Path) -> dict:
 
 def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None) -> dict:
     """Run the stages ``opts.run.stage`` asks for; ``stages`` replaces the default probe/finetune."""
-    acc = make_accelerator(opts.run.mixed_precision, opts.run.grad_accum, opts.source.seed)
     out = Path(opts.run.out)
+    log_with = None
+    if opts.run.log_with != "none":  # the modality names the project, the run folder the run
+        log_with = [trackers.tracker(opts.run.log_with, out / "trackers", data.adapter["name"], out.resolve().name)]
+    acc = make_accelerator(opts.run.mixed_precision, opts.run.grad_accum, opts.source.seed, log_with)
     metrics_path = out / "metrics.json"
     # figures of stages not run now (e.g. pretraining, before a later --stage probe) are kept
     metrics = read_metrics(metrics_path)
@@ -108,12 +112,19 @@ def run(opts: Options, data: DomainData, stages: dict[str, Stage] | None = None)
         model = dataclasses.asdict(model_config(opts.pretrain, data.adapter, saved, saved_decoder))
         config = {**opts.flat(), "adapter": adapter, "model": model}
         write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+        if log_with:
+            # the options as trackers take them: numbers, strings, booleans (TensorBoard's hparams refuse tuples)
+            scalar = (bool, int, float, str, type(None))
+            flat = {k: v if isinstance(v, scalar) else str(v) for k, v in opts.flat().items()}
+            acc.init_trackers(data.adapter["name"], config=flat)
     acc.wait_for_everyone()
 
     def save(new: dict) -> None:
         metrics.update(new)
         if acc.is_main_process:
             write_text(metrics_path, json.dumps(metrics, indent=2))
+        # each stage's figures once, as they land in metrics.json, without a step
+        acc.log({k: v for k, v in new.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
     session = Session(acc, out, opts.run, opts.source.seed)
     chosen = opts.run.stages
