@@ -225,6 +225,8 @@ class ShardStream(IterableDataset):
             torch.default_generator.manual_seed(key)
             np.random.seed(key)
             random.seed(key)
+            if hasattr(self.decode, "reseed"):  # generators of its own (MONAI's random transforms)
+                self.decode.reseed(key)
             try:
                 item = self.decode(read_sample(shard, at - (ends[s] - n), n))
             except DataError as e:

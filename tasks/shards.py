@@ -22,12 +22,16 @@ from foundations.files import write_text
 from modalities.common import DataError, DataSource
 from modalities.shards import FORMAT, INDEX, parse_size, write_split
 from modalities.ultrasound import data as ultrasound
+from modalities.volume import data as volumes
 from tasks.options import add_options
 
 log = logging.getLogger(__name__)
 
 # modality -> (its options, the function that reads a dataset and writes its splits)
-WRITERS = {"ultrasound": (ultrasound.UltrasoundOptions, ultrasound.write_shards)}
+WRITERS = {
+    "ultrasound": (ultrasound.UltrasoundOptions, ultrasound.write_shards),
+    "volumes": (volumes.VolumeOptions, volumes.write_shards),
+}
 
 
 def build_parser(modality: str | None) -> argparse.ArgumentParser:

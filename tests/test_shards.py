@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader
 from modalities.common import DataError, DataSource
 from modalities.shards import INDEX, ShardStream, parse_size, read_index, write_split
 from modalities.ultrasound.data import UltrasoundOptions, build_domain
+from modalities.volume import data as volumes
 from tasks.shards import convert, main
 from tests.test_ultrasound import write_clip
+from tests.test_volume import write_nifti
 
 OPTS = UltrasoundOptions(image_size=32, patch=16, frames_per_clip=3)
 
@@ -77,6 +79,42 @@ def test_webdataset_reads_our_shards(folder, tmp_path):
     assert len(theirs) == len(ours) == index["splits"]["train"][0]["nsamples"]
     for t, o in zip(theirs, ours, strict=True):
         assert np.array_equal(t["frame.npy"], o["frame.npy"]) and t["json"] == o["json"]
+
+
+def volume_folder(root, segment: bool):
+    """NIfTI volumes of two classes with anisotropic spacing (resampled when prepared), and for
+    segmentation a label volume beside each (``<name>_seg.nii.gz``)."""
+    rng = np.random.default_rng(1)
+    for c, cls in enumerate(("x", "y")):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            image = rng.normal(c, 1, (20 + 2 * i, 18, 12)).astype(np.float32)
+            write_nifti(root / cls / f"v{i}.nii.gz", image, zooms=(1.0, 1.0, 2.0))
+            if segment:
+                write_nifti(root / cls / f"v{i}_seg.nii.gz", (image > c + 0.5).astype(np.uint8), zooms=(1.0, 1.0, 2.0))
+    return root
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_converter__volumes_prepared_as_the_recipe_prepares_them(tmp_path, task):
+    opts = volumes.VolumeOptions(task=task, roi=(16, 16, 16), patch=(8, 8, 8), spacing=(1.5, 1.5, 1.5))
+    source = DataSource(data=str(volume_folder(tmp_path / "data", task == "segment")))
+    loose = volumes.build_domain(source, opts)
+    convert("volumes", source, opts, tmp_path / "shards", parse_size("30kB"))
+    shards = volumes.build_domain(DataSource(data=str(tmp_path / "shards")), opts)
+    assert len(read_index(str(tmp_path / "shards"))[1]) > 1
+    assert (shards.classes, shards.adapter, shards.preprocessing) == (loose.classes, loose.adapter, loose.preprocessing)
+    for split in ("train_eval", "held_out"):
+        a = {it["name"]: it for it in getattr(loose, split).items}
+        b = {it["name"]: it for it in getattr(shards, split).items}
+        assert a.keys() == b.keys() and len(a) >= 2
+        for name in a:
+            assert torch.equal(torch.as_tensor(a[name]["image"]), torch.as_tensor(b[name]["image"]))
+            assert torch.equal(a[name]["image"].affine, b[name]["image"].affine)
+            assert torch.equal(torch.as_tensor(a[name]["label"]).float(), torch.as_tensor(b[name]["label"]).float())
+    # the stream's crops: the recipe's random crops of the same volumes
+    item = next(iter(DataLoader(shards.pretrain.split(0, 1, 2), batch_size=2)))
+    assert item["x"]["image"].shape == (2, 1, 16, 16, 16) and torch.allclose(item["x"]["spacing"], torch.tensor(1.5))
 
 
 def numbered(tmp_path, n: int = 48, shard_bytes: int = 5000) -> list:

@@ -6,8 +6,11 @@ volumes seen through random crops, the figures, and the domain the recipe trains
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from modalities.common import (
     read_each,
     require_classes,
 )
+from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
 from modalities.volume.adapter import volume_config
 from modalities.volume.io import (
     EXTENSIONS,
@@ -146,11 +150,22 @@ class VolumeDataset(torch.utils.data.Dataset):
             self.transform.set_random_state(seed)
 
     def __getitem__(self, i: int) -> dict:
-        d = dict(self.items[i % len(self.items)])
+        return self.prepare(dict(self.items[i % len(self.items)]))
+
+    def prepare(self, d: dict) -> dict:
+        """A prepared record {"image", "label", "name"} -> the item, through the transform."""
         # "is not None": bool(Compose) calls len(), which flattens it into a new Compose whose
         # init re-seeds every random transform from fresh entropy (MONAI 1.x)
         d = self.transform(d) if self.transform is not None else d
         return self.to_sample(d[0] if isinstance(d, list) else d)  # MONAI's sampling crops return a list
+
+
+class VolumeStream(VolumeDataset):
+    """The ``decode`` of a ``ShardStream`` of volumes: a shard sample (``write_shards``) -> its item,
+    through the transform; reseeded by the stream per item."""
+
+    def __call__(self, sample: dict) -> dict:
+        return self.prepare(from_shard(sample))
 
 
 class Mixed(ConcatDataset):
@@ -373,13 +388,12 @@ def segmentation_classes(root, n_classes: int) -> list[str]:
     return ["background", *(f"label_{i}" for i in range(1, n_classes))]
 
 
-def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
-    """Datasets, adapter config and data card for the volumes recipe (``opts.task`` classify|segment).
+def plan(source: DataSource, opts: VolumeOptions) -> tuple[list[dict], list[dict], list[str], str, PipelineConfig]:
+    """The records of the training and held-out splits, the class names, the data card and the
+    preparation (its intensity resolved: mri for files, unit for arrays), before anything is read.
 
     Held-out data, in order: ``eval_data``; the .npz file's val/test split; 20 % of the files
-    (stratified by class, fixed seed). ``mix_2d``: the fraction of pretraining batches that are
-    2-D slices of the training volumes instead of 3-D crops.
-    """
+    (stratified by class, fixed seed)."""
     segment = opts.task == "segment"
     if source.data is None:
         records = synthetic_records(opts.synthetic_per_class, opts.synthetic_size, source.seed)
@@ -394,26 +408,34 @@ def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
     if pipe.intensity is None:
         arrays = isinstance(records[0]["image"], np.ndarray)
         pipe = dataclasses.replace(pipe, intensity="unit" if arrays else "mri")
+    if source.eval_data is not None:
+        more, more_classes = find_records(source.eval_data, segment)
+        if not segment:
+            check_held_out_classes(more_classes, classes, source.eval_data, source.data)
+            more = [{**r, "label": classes.index(more_classes[r["label"]])} if r["label"] >= 0 else r for r in more]
+        return records, more, classes, card, pipe
+    labels = ["all" if segment else str(r["label"]) for r in records]
+    splits = [r.get("split") for r in records]
+    train_idx, held_idx = held_out_split(labels, [str(r["name"]) for r in records], splits, source.seed)
+    return [records[i] for i in train_idx], [records[i] for i in held_idx], classes, card, pipe
+
+
+def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
+    """Datasets, adapter config and data card for the volumes recipe (``opts.task`` classify|segment):
+    the splits of ``plan``, or shards (``modalities.shards.is_shards``), streamed for pretraining.
+    ``mix_2d``: the fraction of pretraining batches that are 2-D slices of the training volumes
+    instead of 3-D crops."""
+    if is_shards(source.data):
+        return shard_domain(source, opts)
+    segment = opts.task == "segment"
+    train_records, held_records, classes, card, pipe = plan(source, opts)
 
     def read(recs):
         return preprocess(
             recs, pipe, segment, len(classes), opts.volume_4d, source.skip_bad_files, source.progress, opts.max_voxels
         )
 
-    if source.eval_data is not None:
-        more, more_classes = find_records(source.eval_data, segment)
-        if not segment:
-            check_held_out_classes(more_classes, classes, source.eval_data, source.data)
-            more = [{**r, "label": classes.index(more_classes[r["label"]])} if r["label"] >= 0 else r for r in more]
-        (train, skipped), (held, skipped_held) = read(records), read(more)
-    else:
-        labels = ["all" if segment else str(r["label"]) for r in records]
-        splits = [r.get("split") for r in records]
-        train_idx, held_idx = held_out_split(labels, [str(r["name"]) for r in records], splits, source.seed)
-        (train, skipped), (held, skipped_held) = (
-            read([records[i] for i in train_idx]),
-            read([records[i] for i in held_idx]),
-        )
+    (train, skipped), (held, skipped_held) = read(train_records), read(held_records)
     if not train or not held:
         raise DataError(
             f"{source.data or 'synthetic set'}: need readable volumes on both sides "
@@ -432,30 +454,163 @@ def build_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
         slices = VolumeDataset(train, pipeline(pipe, "slices", segment, source.seed), repeat=repeat, slices=True)
         batch_groups = [0] * len(pretrain) + [1] * len(slices)
         pretrain = Mixed([pretrain, slices])
-    centre = pipeline(pipe, "eval", segment)
-    return DomainData(
-        pretrain=pretrain,
-        finetune=VolumeDataset(
-            train, pipeline(pipe, "segment" if segment else "pretrain", segment, source.seed), repeat=opts.crops
-        ),
-        train_eval=VolumeDataset(train, centre),
-        held_out=VolumeDataset(held) if segment else VolumeDataset(held, centre),  # segmentation: whole volumes
-        held_out_recon=VolumeDataset(held, centre),
-        classes=classes,
-        adapter={"name": "volume", **asdict(volume_config(channels.pop(), opts.patch, pipe.roi))},
-        data_card=card,
-        render=render_slices,
-        raw_features=None if segment else raw_features,
-        batch_groups=batch_groups,
-        preprocessing=asdict(pipe),
-        info={
+    return assemble(
+        opts,
+        pipe,
+        source.seed,
+        pretrain,
+        lambda: train,
+        lambda: held,
+        classes,
+        channels.pop(),
+        card,
+        batch_groups,
+        {
             "train_volumes": len(train),
             "eval_volumes": len(held),
-            "classes": classes,
             "spacing_min_mm": spacings.min(0).values.tolist(),
             "spacing_max_mm": spacings.max(0).values.tolist(),
             "slices_2d_fraction": opts.mix_2d,
             "skipped_files": len(skipped) + len(skipped_held),
             "skipped": skipped + skipped_held,
+        },
+    )
+
+
+def assemble(opts, pipe, seed, pretrain, train, held, classes, channels, card, batch_groups, info) -> DomainData:
+    """The recipe's ``DomainData``; ``train`` and ``held`` return the prepared records of the splits,
+    called when a stage first needs them (``OnFirstUse``)."""
+    segment = opts.task == "segment"
+    centre = pipeline(pipe, "eval", segment)
+    finetune = pipeline(pipe, "segment" if segment else "pretrain", segment, seed)
+    return DomainData(
+        pretrain=pretrain,
+        finetune=OnFirstUse(lambda: VolumeDataset(train(), finetune, repeat=opts.crops)),
+        train_eval=OnFirstUse(lambda: VolumeDataset(train(), centre)),
+        # segmentation: whole volumes
+        held_out=OnFirstUse(lambda: VolumeDataset(held()) if segment else VolumeDataset(held(), centre)),
+        held_out_recon=OnFirstUse(lambda: VolumeDataset(held(), centre)),
+        classes=classes,
+        adapter={"name": "volume", **asdict(volume_config(channels, opts.patch, pipe.roi))},
+        data_card=card,
+        render=render_slices,
+        raw_features=None if segment else raw_features,
+        batch_groups=batch_groups,
+        preprocessing=asdict(pipe),
+        info={"classes": classes, **info},
+    )
+
+
+# The options a prepared volume depends on: shards written with them are read only with them
+SHARD_OPTIONS = ("task", "window", "spacing", "roi", "crop_foreground", "volume_4d", "classes", "max_voxels")
+
+
+def as_json(value):
+    return json.loads(json.dumps(value))  # tuples as lists, as the index holds them
+
+
+def write_shards(source: DataSource, opts: VolumeOptions, write: Callable[[str, Iterable[dict]], list]) -> dict:
+    """Read and prepare each volume of ``plan``'s splits (``preprocess``: orientation, spacing,
+    foreground, intensity) and hand them to ``write(split, samples)``, one volume in memory at a
+    time; a sample is the prepared image (float32), its affine, the label volume (``--task
+    segment``, uint8) and {label, name}. -> what the index of the shards records of the data."""
+    if source.data is None:
+        raise DataError("--data: the folder to convert is required")
+    segment = opts.task == "segment"
+    train, held, classes, card, pipe = plan(source, opts)
+    skipped, channels, spacings = [], set(), []
+
+    def samples(records: list[dict], split: str) -> Iterator[dict]:
+        shuffled = random.Random(source.seed).sample(records, len(records))  # a stream reads them in order
+        for rec in tqdm(shuffled, desc=f"writing {split}", disable=None if source.progress else True):
+            args = (pipe, segment, len(classes), opts.volume_4d, source.skip_bad_files, False)
+            items, bad = preprocess([rec], *args, opts.max_voxels)
+            skipped.extend(bad)
+            for it in items:
+                image = it["image"]
+                channels.add(image.shape[0])
+                if split == "train":
+                    spacings.append(spacing_mm(image))
+                sample = {
+                    "image.npy": image.numpy().astype(np.float32),
+                    "affine.npy": image.affine.numpy(),
+                    "json": {"label": -1 if segment else int(it["label"]), "name": it["name"]},
+                }
+                if segment:
+                    sample["label.npy"] = torch.as_tensor(it["label"]).numpy().astype(np.uint8)
+                yield sample
+
+    written = {"train": write("train", samples(train, "train")), "test": write("test", samples(held, "test"))}
+    if len(channels) != 1:
+        raise DataError(f"{source.data}: volumes have different channel counts {sorted(channels)}")
+    spacings = torch.stack(spacings)
+    return {
+        "classes": classes,
+        "channels": channels.pop(),
+        "options": {k: as_json(getattr(opts, k)) for k in SHARD_OPTIONS},
+        "preprocessing": asdict(pipe),
+        "spacing_mm": [spacings.min(0).values.tolist(), spacings.max(0).values.tolist()],
+        "data_card": card,
+        "splits": written,
+        "skipped": skipped,
+    }
+
+
+def from_shard(sample: dict) -> dict:
+    """A shard sample -> the prepared record {"image", "label", "name"} it was written from."""
+    meta = sample["json"]
+    image = to_meta(sample["image.npy"], sample["affine.npy"], meta["name"])
+    label = (
+        to_meta(sample["label.npy"].astype(np.float32), sample["affine.npy"], meta["name"])
+        if "label.npy" in sample
+        else meta["label"]
+    )
+    return {"image": image, "label": label, "name": meta["name"]}
+
+
+def shard_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
+    """Shards written by ``write_shards``: pretraining streams 3-D crops of the training split (one
+    per volume and pass: ``--crops`` and ``--mix-2d`` concern folders); the probe and fine-tuning read
+    the splits into memory when they start."""
+    index, shards = read_index(source.data)
+    where = source.data
+    if index.get("modality") != "volumes":
+        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not volumes")
+    changed = {k: v for k, v in index["options"].items() if as_json(getattr(opts, k)) != v}
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
+    if opts.mix_2d:
+        raise DataError(f"{where}: --mix-2d needs a folder of volumes; shards stream 3-D crops")
+    held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
+    if not held:
+        raise DataError(f"{where}: no held-out shards (test split) beside these; pass --eval-data")
+    segment, pipe = opts.task == "segment", PipelineConfig.saved(index["preprocessing"])
+
+    def records(chosen) -> list[dict]:
+        return [from_shard(s) for s in ShardStream(chosen, None, source.seed, source.skip_bad_files).samples()]
+
+    stream = ShardStream(
+        shards, VolumeStream([], pipeline(pipe, "pretrain", segment, source.seed)), source.seed, source.skip_bad_files
+    )
+    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
+    low, high = index["spacing_mm"]
+    return assemble(
+        opts,
+        pipe,
+        source.seed,
+        stream,
+        functools.cache(lambda: records(shards)),  # read once for the probe and fine-tuning
+        functools.cache(lambda: records(held)),
+        index["classes"],
+        index["channels"],
+        index["data_card"],
+        None,
+        {
+            "shards": len(shards),
+            "train_volumes": count(shards),
+            "eval_volumes": count(held),
+            "spacing_min_mm": low,
+            "spacing_max_mm": high,
         },
     )
