@@ -65,11 +65,19 @@ def free_port() -> int:
 
 
 def recipe_command(
-    recipe: str, *args, processes: int = 1, direct: bool = False, threads: int | None = None
+    recipe: str,
+    *args,
+    processes: int = 1,
+    direct: bool = False,
+    threads: int | None = None,
+    machine: tuple[int, int, int] | None = None,
 ) -> tuple[list[str], dict]:
     """The command line and environment of ``accelerate launch --quiet recipes/<recipe>.py ARGS``
     (``--multi_gpu`` for several processes), or of plain ``python`` with ``direct``; ``threads``
-    per process, by default the two cores shared among the processes."""
+    per process, by default the two cores shared among the processes (all ``processes`` of the job).
+    ``machine``: (machines, this one's rank, port), one launch of a job over several "machines"
+    that meet at 127.0.0.1 on that port, ``processes`` being the job's total."""
+    machines, rank, port = machine or (1, 0, free_port())
     launcher = [
         sys.executable,
         "-m",
@@ -78,14 +86,15 @@ def recipe_command(
         "--num_processes",
         str(processes),
         "--num_machines",
-        "1",
+        str(machines),
         "--mixed_precision",
         "no",
         "--dynamo_backend",
         "no",
     ]
     # a port of its own: two launches side by side (tests/test_resume.py) must not both take 29500
-    launcher += ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
+    launcher += ["--multi_gpu", "--main_process_port", str(port)] if processes > 1 else []
+    launcher += ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"] if machines > 1 else []
     launcher = [sys.executable] if direct else launcher
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
     return [*launcher, str(ROOT / "recipes" / f"{recipe}.py"), *map(str, args)], env
