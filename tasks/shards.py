@@ -12,6 +12,7 @@ the samples per shard, the classes, the training statistics and the options the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -21,17 +22,24 @@ from pathlib import Path
 from foundations.files import write_text
 from modalities.common import DataError, DataSource
 from modalities.shards import FORMAT, INDEX, parse_size, write_split
-from modalities.ultrasound import data as ultrasound
-from modalities.volume import data as volumes
 from tasks.options import add_options
 
 log = logging.getLogger(__name__)
 
-# modality -> (its options, the function that reads a dataset and writes its splits)
+# recipe -> (the module of its data, its options class). The module's ``write_shards(source, opts,
+# write) -> index fields`` reads a dataset as the recipe does and hands each split's samples to
+# ``write``; its ``build_domain`` reads what that wrote (``modalities.shards.is_shards``).
 WRITERS = {
-    "ultrasound": (ultrasound.UltrasoundOptions, ultrasound.write_shards),
-    "volumes": (volumes.VolumeOptions, volumes.write_shards),
+    "ultrasound": ("modalities.ultrasound.data", "UltrasoundOptions"),
+    "volumes": ("modalities.volume.data", "VolumeOptions"),
 }
+
+
+def writer(modality: str):
+    """(options class, write_shards) of ``modality``."""
+    module, options = WRITERS[modality]
+    module = importlib.import_module(module)
+    return getattr(module, options), module.write_shards
 
 
 def build_parser(modality: str | None) -> argparse.ArgumentParser:
@@ -49,7 +57,7 @@ def build_parser(modality: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier conversion in --out")
     add_options(parser, DataSource, "data")
     if modality in WRITERS:
-        add_options(parser, WRITERS[modality][0], modality)
+        add_options(parser, writer(modality)[0], modality)
     return parser
 
 
@@ -64,7 +72,7 @@ def convert(modality: str, source: DataSource, opts, out: Path, shard_size: int,
         for old in [out / INDEX, *out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")]:
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    fields = WRITERS[modality][1](source, opts, partial(write_split, out=out, max_bytes=shard_size))
+    fields = writer(modality)[1](source, opts, partial(write_split, out=out, max_bytes=shard_size))
     index = {"format": FORMAT, "modality": modality, "data": str(source.data), "seed": source.seed, **fields}
     write_text(out / INDEX, json.dumps(index, indent=1))  # last: shards without an index are unfinished
     return index
@@ -77,7 +85,8 @@ def main(argv=None) -> None:
     args = build_parser(modality).parse_args(argv)
     values = vars(args)
     source = DataSource(**{k: values[k] for k in DataSource.__dataclass_fields__})
-    opts = WRITERS[args.modality][0](**{k: values[k] for k in WRITERS[args.modality][0].__dataclass_fields__})
+    options = writer(args.modality)[0]
+    opts = options(**{k: values[k] for k in options.__dataclass_fields__})
     out = Path(args.out)
     index = convert(args.modality, source, opts, out, args.shard_size, args.overwrite)
     for split, shards in index["splits"].items():
