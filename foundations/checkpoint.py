@@ -121,7 +121,13 @@ def load_decoder(directory, encoder: Encoder) -> Decoder | None:
 
 def load_state(module: torch.nn.Module, state: dict, source) -> None:
     """Strict load that names missing, unexpected and mis-shaped keys instead of a bare traceback."""
-    own = module.state_dict()
+    check_state(module.state_dict(), state, source)
+    module.load_state_dict(state)
+
+
+def check_state(own: dict, state: dict, source) -> None:
+    """``state`` must have the keys and shapes of ``own`` (a module's state dict); else a
+    ``CheckpointError`` names what is missing, unexpected or mis-shaped."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
@@ -136,7 +142,6 @@ def load_state(module: torch.nn.Module, state: dict, source) -> None:
             f"shape mismatches: {shapes[:3]}" if shapes else "",
         ]
         raise CheckpointError(f"{source}: weights do not match the model: " + "; ".join(p for p in parts if p))
-    module.load_state_dict(state)
 
 
 # Training checkpoints: what a resume needs, in safetensors + JSON. Accelerate's save_state writes
@@ -144,35 +149,36 @@ def load_state(module: torch.nn.Module, state: dict, source) -> None:
 # draw from its seed (foundations.train), so weights and optimizer moments are all there is to keep.
 
 
-def save_training_state(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Write ``model.safetensors`` and ``optimizer.safetensors`` into ``directory`` -> the optimizer's
-    non-tensor state (hyper-parameters, parameter groups) for the caller's JSON."""
+def save_training_state(directory, weights: dict, optimizer: dict) -> dict:
+    """Write the model's ``weights`` to ``model.safetensors`` and the optimizer's tensors to
+    ``optimizer.safetensors`` in ``directory``; ``optimizer`` is keyed by parameter name, as
+    ``torch.distributed.checkpoint.state_dict.get_state_dict`` gives it (whole, even when the model
+    is sharded). -> the optimizer's non-tensor state (hyper-parameters, parameter groups) for the
+    caller's JSON."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with replacing(directory / "model.safetensors") as tmp:
-        save_file(weights, tmp)
-    state = optimizer.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp)
     tensors, rest = {}, {}
-    for index, values in state["state"].items():
+    for param, values in optimizer["state"].items():
         for name, v in values.items():
             if torch.is_tensor(v):
-                tensors[f"{index}.{name}"] = v.detach().contiguous().cpu()
+                tensors[f"{param}.{name}"] = v.detach().contiguous().cpu()
             else:
-                rest.setdefault(str(index), {})[name] = v
+                rest.setdefault(param, {})[name] = v
     with replacing(directory / "optimizer.safetensors") as tmp:
         save_file(tensors, tmp)
-    return {"state": rest, "param_groups": state["param_groups"]}
+    return {"state": rest, "param_groups": optimizer["param_groups"]}
 
 
-def load_training_state(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    """The inverse of ``save_training_state``; ``meta`` is what it returned. Raises on any damage."""
+def load_training_state(directory, meta: dict) -> tuple[dict, dict]:
+    """The inverse of ``save_training_state``; ``meta`` is what it returned -> (weights, optimizer
+    state). Raises on any damage."""
     directory = Path(directory)
-    load_state(model, load_file(directory / "model.safetensors"), directory / "model.safetensors")
     state: dict = {}
     for key, v in load_file(directory / "optimizer.safetensors").items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = v
-    for index, values in meta["state"].items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        param, name = key.rsplit(".", 1)  # parameter names hold dots, the state's names do not
+        state.setdefault(param, {})[name] = v
+    for param, values in meta["state"].items():
+        state.setdefault(param, {}).update(values)
+    return load_file(directory / "model.safetensors"), {"state": state, "param_groups": meta["param_groups"]}

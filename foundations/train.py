@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, send_to_device, set_seed
 from tqdm.auto import tqdm
 
-from foundations.checkpoint import CheckpointError, load_training_state, save_training_state
+from foundations.checkpoint import CheckpointError, check_state, load_training_state, save_training_state
 from foundations.files import write_text
 
 logger = logging.getLogger(__name__)
@@ -394,6 +394,35 @@ def fit(
     return FitResult(first_loss, last_loss, step)
 
 
+def sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s parameters are sharded over the processes (FSDP2 makes them DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state(model: torch.nn.Module, optimizer=None) -> tuple[dict, dict | None]:
+    """The whole model's state dict, and the optimizer's keyed by parameter name, on the CPU of the
+    main process: under FSDP gathered from every process's shards (a collective: every process
+    calls it; the others get empty dicts), else the model's own. torch.distributed.checkpoint's
+    state-dict functions, which serve plain, DDP and FSDP2 models alike."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        return get_model_state_dict(model, options=options), None
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model: torch.nn.Module, optimizer, weights: dict, moments: dict, source) -> None:
+    """The inverse of ``full_state``, on every process: each takes its shard under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    check_state(model.state_dict(), weights, source)
+    options = StateDictOptions(full_state_dict=True)
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=moments, options=options)
+
+
 def trim_log(log: Path, stage: str, step: int) -> None:
     """Drop the records of ``stage`` past ``step`` (a killed run wrote them after its checkpoint; they
     are written again) and a line cut short by a kill."""
@@ -432,7 +461,8 @@ def load_checkpoint(acc: Accelerator, ckpt_dir: Path, stage: str, model, optimiz
                     f"{path}: this run changes what the checkpoint was trained with ({changed}); resume with the "
                     "same options, or --overwrite to start over"
                 )
-            load_training_state(path, acc.unwrap_model(model), optimizer, state["optimizer"])
+            weights, moments = load_training_state(path, state["optimizer"])
+            load_full_state(acc.unwrap_model(model), optimizer, weights, moments, path / "model.safetensors")
             if acc.scaler is not None and "scaler" in state:
                 acc.scaler.load_state_dict(state["scaler"])
         except CheckpointError:
@@ -448,10 +478,14 @@ def load_checkpoint(acc: Accelerator, ckpt_dir: Path, stage: str, model, optimiz
 
 
 def save_checkpoint(acc: Accelerator, ckpt_dir: Path, model, optimizer, state: dict, keep: int) -> None:
-    """Every process holds the same weights and moments (data parallel): the main one writes them."""
+    """The main process writes the whole model and optimizer: its own under data parallelism, gathered
+    from every process's shards under FSDP."""
     path = ckpt_dir / f"step_{state['step']:07d}"
+    model = acc.unwrap_model(model)
+    if acc.is_main_process or sharded(model):  # under FSDP a gather: every process takes part
+        weights, moments = full_state(model, optimizer)
     if acc.is_main_process:
-        state["optimizer"] = save_training_state(path, acc.unwrap_model(model), optimizer)
+        state["optimizer"] = save_training_state(path, weights, moments)
         if acc.scaler is not None:
             state["scaler"] = acc.scaler.state_dict()
         # trainer.json is written last: a checkpoint without it is incomplete and is never resumed

@@ -190,6 +190,13 @@ class PretrainOptions:
             "not rescaled for it",
         },
     )
+    grad_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each encoder block's activations in the backward pass instead of keeping them: "
+            "less memory for large encoders (ViT-L/H, with recipes/accelerate/fsdp.yaml), about a third more compute"
+        },
+    )
 
     def __post_init__(self):
         if self.max_steps < 1 or (self.epochs is not None and self.epochs < 1):

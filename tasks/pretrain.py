@@ -17,7 +17,7 @@ from foundations.files import replacing
 from foundations.mae import DECODER_PRESETS, DecoderConfig, MAEConfig, MaskedAutoencoder
 from foundations.masking import sample_generators
 from foundations.trackers import log_image
-from foundations.train import TrainConfig
+from foundations.train import TrainConfig, full_state, sharded
 from foundations.vit import PRESETS, EncoderConfig, gather_tokens
 from modalities import ADAPTERS, build_adapter, load_encoder
 from modalities.common import DomainData
@@ -55,6 +55,7 @@ def model_config(
         fresh = DECODER_PRESETS[preset] if preset else DecoderConfig()
     if decoder is None:  # a fresh one of the kind --decoder names (a saved decoder continues as it was)
         decoder = dataclasses.replace(fresh, kind=opts.decoder.removesuffix("-mix"), mix=opts.decoder == "cross-mix")
+    encoder = dataclasses.replace(encoder, grad_checkpointing=opts.grad_checkpointing)  # how to run, not what
     return MAEConfig(encoder, decoder, mask, norm_target)
 
 
@@ -98,25 +99,34 @@ def pretrain(session: Session, data: DomainData, opts: PretrainOptions, start: P
     every = max(1, steps // 4)
 
     def on_step(step: int, model) -> None:
-        if data.render is None or not acc.is_main_process or (step % every and step != steps):
+        # a sharded model's forward gathers from every process: all of them draw, the main one saves
+        if data.render is None or (step % every and step != steps) or not (acc.is_main_process or sharded(model)):
             return
-        pictures.mkdir(parents=True, exist_ok=True)
         model.eval()
         image = as_bytes(data.render(model, view["x"], view.get("valid")))
+        frames = data.animate(model, view["x"], view.get("valid")) if data.animate and step == steps else None
+        model.train()
+        if not acc.is_main_process:
+            return
+        pictures.mkdir(parents=True, exist_ok=True)
         with replacing(pictures / f"step_{step:06d}.png") as tmp:
             Image.fromarray(image).save(tmp)
         log_image(acc, "pretrain/reconstruction", image, step)
-        if data.animate is not None and step == steps:  # the last reconstruction, moving
-            frames = [Image.fromarray(f) for f in as_bytes(data.animate(model, view["x"], view.get("valid")))]
+        if frames is not None:  # the last reconstruction, moving
+            frames = [Image.fromarray(f) for f in as_bytes(frames)]
             with replacing(pictures / "clip.gif") as tmp:
                 frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=125, loop=0)
-        model.train()
 
     # each sample's mask is drawn from its own key: the same masks however the batch is split
     loss = lambda m, b: m(b["x"], b.get("valid"), generator=sample_generators(b["key"])).loss  # noqa: E731
     res = session.fit(mae, train_loader, loss, train_cfg, "pretrain", on_step=on_step)
     mae = acc.unwrap_model(mae)
     held = held_out_reconstruction(mae, recon, run.batch_size, session.seed, acc.device)
+    if sharded(mae):  # FSDP: the whole model gathered onto the main process, saved as one
+        weights = full_state(mae)[0]
+        mae = MaskedAutoencoder(build_adapter(adapter, cfg.encoder.dim), cfg)
+        if acc.is_main_process:
+            mae.load_state_dict(weights)
     if acc.is_main_process:
         save_pretrained(
             mae.encoder,

@@ -97,7 +97,8 @@ def recipe_command(
     launcher += ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"] if machines > 1 else []
     launcher = [sys.executable] if direct else launcher
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
-    return [*launcher, str(ROOT / "recipes" / f"{recipe}.py"), *map(str, args)], env
+    script = ROOT / recipe if recipe.endswith(".py") else ROOT / "recipes" / f"{recipe}.py"  # a recipe or a script
+    return [*launcher, str(script), *map(str, args)], env
 
 
 def launch_recipe(
