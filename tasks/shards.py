@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 WRITERS = {
     "ultrasound": ("modalities.ultrasound.data", "UltrasoundOptions"),
     "volumes": ("modalities.volume.data", "VolumeOptions"),
+    "pointcloud": ("modalities.pointcloud.data", "PointCloudOptions"),
 }
 
 

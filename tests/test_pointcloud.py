@@ -1,7 +1,11 @@
+import json
+from dataclasses import replace
+
 import numpy as np
 import open3d as o3d
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from modalities.common import DataError, DataSource
 from modalities.pointcloud.adapter import PointCloudAdapter, PointCloudConfig, chamfer_distance
@@ -18,6 +22,8 @@ from modalities.pointcloud.data import (
 )
 from modalities.pointcloud.io import check_cloud, normalize_cloud, read_cloud
 from modalities.pointcloud.tokenizer import PointPatches, farthest_point_sample, group_points, knn
+from modalities.shards import parse_size
+from tasks.shards import convert
 from tests.conftest import peak_while_refusing
 
 
@@ -366,3 +372,65 @@ def test_raw_features__wired_into_the_built_in_domain():
         features, targets = data.raw_features(dataset)
         assert features.shape == (len(dataset), 64) and targets.tolist() == dataset.class_ids
         torch.testing.assert_close(features[-1], shape_distribution(dataset[len(dataset) - 1]["x"]))
+
+
+# ------------------------------------------------------------------------------------------ shards
+SHARD_OPTS = PointCloudOptions(points=32, n_groups=4, group_size=8, pointnet_width=32)
+
+
+def cloud_folder(root, bad: bool = False):
+    """Three classes of six clouds of 20 to 80 points (under --points 32: drawn with replacement);
+    with ``bad``, an empty cloud second in the first class, which shifts the positions after it."""
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("a", "b", "c")):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            np.save(root / cls / f"{i}.npy", rng.normal(c, 1, (20 + 12 * i, 3)))
+    if bad:
+        np.save(root / "a" / "0_bad.npy", np.zeros((0, 3)))
+    return root
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["clean", "a_bad_file_skipped"])
+def test_shards__hold_what_the_recipe_reads_from_the_folder(tmp_path, bad):
+    source = DataSource(str(cloud_folder(tmp_path / "data", bad)), skip_bad_files=bad, progress=False)
+    loose = build_domain(source, SHARD_OPTS)
+    index = convert("pointcloud", source, SHARD_OPTS, tmp_path / "shards", parse_size("8kB"))
+    shards = build_domain(replace(source, data=str(tmp_path / "shards")), SHARD_OPTS)
+    assert len(index["splits"]["train"]) > 1 and len(index["skipped"]) == loose.info["skipped_files"] == bad
+    assert (shards.classes, shards.adapter, shards.data_card) == (loose.classes, loose.adapter, loose.data_card)
+    for split in ("train_eval", "held_out"):
+        a, b = getattr(loose, split), getattr(shards, split)
+        assert len(a) == len(b) >= 3 and a.labels == b.labels
+        assert all(torch.equal(ca, cb) for ca, cb in zip(a.clouds, b.clouds, strict=True))
+        for i in range(len(a)):  # the evaluation view draws item i's points with seed i: the same order
+            assert torch.equal(a[i]["x"], b[i]["x"]) and a[i]["y"] == b[i]["y"]
+        torch.testing.assert_close(shards.raw_features(b), loose.raw_features(a))
+
+
+def test_shards__the_stream_draws_as_the_pretraining_set(tmp_path):
+    source = DataSource(str(cloud_folder(tmp_path / "data")), progress=False)
+    loose = build_domain(source, SHARD_OPTS)
+    convert("pointcloud", source, SHARD_OPTS, tmp_path / "shards", parse_size("8kB"))
+    stream = build_domain(DataSource(str(tmp_path / "shards")), SHARD_OPTS).pretrain
+    batch = next(iter(DataLoader(stream.split(0, 1, 4), batch_size=4, num_workers=1)))
+    assert batch["x"].shape == (4, *loose.pretrain[0]["x"].shape) == (4, 32, 3)
+    for sample in list(stream.samples())[:3]:
+        torch.manual_seed(7)
+        expected = loose.pretrain[sample["json"]["order"]]
+        torch.manual_seed(7)
+        got = stream.decode(sample)
+        assert torch.equal(got["x"], expected["x"]) and got["y"] == expected["y"]
+
+
+def test_shards__read_with_other_options_or_recipe_is_a_clear_error(tmp_path):
+    source = DataSource(str(cloud_folder(tmp_path / "data")), progress=False)
+    convert("pointcloud", source, SHARD_OPTS, tmp_path / "shards", parse_size("1MB"))
+    where = DataSource(str(tmp_path / "shards"))
+    with pytest.raises(DataError, match=r"written with --points 32, --sampling uniform; run with those or convert"):
+        build_domain(where, replace(SHARD_OPTS, points=64, sampling="poisson"))
+    assert build_domain(where, replace(SHARD_OPTS, n_groups=8, votes=2)).held_out_views  # the model's own options
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    (tmp_path / "shards" / "index.json").write_text(json.dumps({**index, "modality": "audio"}))
+    with pytest.raises(DataError, match=rf"{tmp_path / 'shards'}: shards of the audio recipe, not pointcloud"):
+        build_domain(where, SHARD_OPTS)

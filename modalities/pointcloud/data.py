@@ -1,10 +1,13 @@
 """Point-cloud datasets: Point-MAE / PointNet++ augmentation, in-memory clouds, the built-in open3d
-shapes, folders in the standard layouts, the domain the recipe trains on, and its picture.
+shapes, folders in the standard layouts and their shards (``python -m tasks.shards --modality
+pointcloud``), the domain the recipe trains on, and its picture.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +37,7 @@ from modalities.pointcloud.io import (
     normalize_cloud,
     read_cloud,
 )
+from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +122,19 @@ class CloudDataset(Dataset):
         )
 
     def __getitem__(self, i):
-        cloud = self.clouds[i]
         gen = None if self.augment else torch.Generator().manual_seed(i)
-        if len(cloud) >= self.n_points:
-            pick = torch.randperm(len(cloud), generator=gen)[: self.n_points]
-        else:
-            pick = torch.randint(len(cloud), (self.n_points,), generator=gen)
-        points = cloud[pick]
-        return {"x": self.augment(points) if self.augment else points, "y": self.classes.index(self.labels[i])}
+        return cloud_item(self.clouds[i], self.classes.index(self.labels[i]), self.n_points, self.augment, gen)
+
+
+def cloud_item(cloud: torch.Tensor, label: int, n_points: int, augment, gen: torch.Generator | None = None) -> dict:
+    """A stored cloud (P, 3) -> {"x": (n_points, 3), "y"}: ``n_points`` of its points drawn with
+    ``gen`` (None: the global generator; with replacement when it has fewer), then augmented."""
+    if len(cloud) >= n_points:
+        pick = torch.randperm(len(cloud), generator=gen)[:n_points]
+    else:
+        pick = torch.randint(len(cloud), (n_points,), generator=gen)
+    points = cloud[pick]
+    return {"x": augment(points) if augment else points, "y": label}
 
 
 # ------------------------------------------------------------------------------ raw-input baseline
@@ -207,35 +216,44 @@ def shapes_dataset(n_per_class: int, n_points: int, seed: int = 0) -> CloudDatas
     return CloudDataset(clouds, labels, SHAPE_CLASSES, n_points)
 
 
-def load_clouds(
-    data, n_points: int, sampling: str, skip_bad: bool, progress: bool = True, max_points: int = MAX_POINTS
-):
-    """Read a folder (labels.csv, <class>/ or <class>/<split>/ layouts, or *.npz split arrays);
-    clouds of more than ``max_points`` are bad input.
-
-    Returns (clouds, labels, splits, skipped); clouds are unit-sphere float tensors.
-    """
+def cloud_items(data, n_points: int, sampling: str, max_points: int = MAX_POINTS) -> list[tuple]:
+    """The clouds of a folder (labels.csv, <class>/ or <class>/<split>/ layouts, or *.npz split
+    arrays) before any is read: (name, read, label, split) each, ``read()`` giving its checked
+    points (meshes sampled to ``n_points``); clouds of more than ``max_points`` are bad input."""
     data = Path(data)
     npz = [data] if data.suffix == ".npz" else sorted(data.glob("*.npz")) if data.is_dir() else []
-    if npz and not (data / "labels.csv").is_file():  # (name, read, label, split) per cloud
-        items = [
+    if npz and not (data / "labels.csv").is_file():
+        return [
             (name := f"{path}[{split}][{i}]", partial(check_cloud, p, name, max_points), str(int(y)), split)
             for path in npz
             for split, (points, ids) in load_npz_splits(path).items()
             for i, (p, y) in enumerate(zip(points, ids, strict=True))
         ]
-    else:
-        samples = discover(data, EXTENSIONS)
-        items = [
-            (str(s.path), partial(read_cloud, s.path, n_points, sampling, max_points), s.label, s.split)
-            for s in samples
-        ]
+    return [
+        (str(s.path), partial(read_cloud, s.path, n_points, sampling, max_points), s.label, s.split)
+        for s in discover(data, EXTENSIONS)
+    ]
+
+
+def unit_cloud(item: tuple) -> np.ndarray:
+    """A ``cloud_items`` entry read, centred and scaled into the unit sphere: (P, 3) float32."""
+    return normalize_cloud(item[1]())[0]
+
+
+def load_clouds(
+    data, n_points: int, sampling: str, skip_bad: bool, progress: bool = True, max_points: int = MAX_POINTS
+):
+    """Read every cloud of ``cloud_items``.
+
+    Returns (clouds, labels, splits, skipped); clouds are unit-sphere float tensors.
+    """
+    items = cloud_items(data, n_points, sampling, max_points)
     items = tqdm(items, desc="reading point clouds", disable=None if progress else True)
-    done, skipped = read_each(items, lambda it: (it[1](), it[2], it[3]), skip_bad, name=lambda it: it[0])
+    done, skipped = read_each(items, lambda it: (unit_cloud(it), it[2], it[3]), skip_bad, name=lambda it: it[0])
     resampled = sum(len(points) < n_points for points, _, _ in done)
     if resampled:
         log.warning("%d clouds had fewer than %d points and are resampled with replacement", resampled, n_points)
-    clouds = [torch.from_numpy(normalize_cloud(points)[0]) for points, _, _ in done]
+    clouds = [torch.from_numpy(points) for points, _, _ in done]
     return clouds, [label for _, label, _ in done], [split for _, _, split in done], skipped
 
 
@@ -246,10 +264,13 @@ KNOWN_CARDS = {
 
 
 def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
-    """Datasets, adapter config and data card for the point-cloud recipe.
+    """Datasets, adapter config and data card for the point-cloud recipe; shards
+    (``modalities.shards.is_shards``) are streamed for pretraining.
 
     Held-out data, in order: ``eval_data``; the file's own test/val split; a stratified 20 % split.
     """
+    if is_shards(source.data):
+        return shard_domain(source, opts)
     skipped = []
     n = opts.points
     if source.data is None:
@@ -273,29 +294,133 @@ def build_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
     else:
         train_idx, eval_idx = held_out_split(full.labels, [str(i) for i in range(len(full))], splits, source.seed)
         train, held = full.subset(train_idx), full.subset(eval_idx)
-    adapter = PointCloudConfig(n, opts.n_groups, opts.group_size, pointnet_width=opts.pointnet_width)
-    everything = range(len(train))
-    # Point-MAE's ModelNet protocol for both: scale and translate only; rotation and point dropout
-    # cost aligned shapes (ModelNet10 fine-tuned 60 steps: 0.50 held out with them, 0.72 without)
-    mild = PointCloudAugment(rotate_up=False, jitter=0.0, dropout=0.0)
+    info = {"train_clouds": len(train), "eval_clouds": len(held), "skipped_files": len(skipped), "skipped": skipped}
+    return assemble(opts, train.subset(range(len(train)), MILD), train, held, full.classes, card, info)
+
+
+# Point-MAE's ModelNet protocol for pretraining and fine-tuning: scale and translate only; rotation and
+# point dropout cost aligned shapes (ModelNet10 fine-tuned 60 steps: 0.50 held out with them, 0.72 without)
+MILD = PointCloudAugment(rotate_up=False, jitter=0.0, dropout=0.0)
+
+
+def assemble(opts: PointCloudOptions, pretrain, train, held, classes, card, info) -> DomainData:
+    """The recipe's ``DomainData`` from its pretraining set, the training split's evaluation view
+    ``train`` and the held-out split; the views made of them are built when first used, so that a
+    pretraining-only run on shards never reads the splits."""
+    adapter = PointCloudConfig(opts.points, opts.n_groups, opts.group_size, pointnet_width=opts.pointnet_width)
     return DomainData(
-        pretrain=train.subset(everything, mild),
-        finetune=train.subset(everything, mild),
+        pretrain=pretrain,
+        finetune=OnFirstUse(lambda: train.subset(range(len(train)), MILD)),
         train_eval=train,
         held_out=held,
-        classes=full.classes,
+        classes=classes,
         adapter={"name": "pointcloud", **asdict(adapter)},
         data_card=card,
         render=render_reconstruction,
         raw_features=raw_features,
-        held_out_views=[held.subset(range(len(held)), mild)] * (opts.votes - 1),  # fresh draws each pass
-        info={
-            "train_clouds": len(train),
-            "eval_clouds": len(held),
-            "classes": full.classes,
-            "skipped_files": len(skipped),
-            "skipped": skipped,
-        },
+        # one dataset, fresh draws each pass
+        held_out_views=[OnFirstUse(lambda: held.subset(range(len(held)), MILD))] * (opts.votes - 1),
+        info={"classes": classes, **info},
+    )
+
+
+# The options the stored clouds depend on (meshes are sampled to --points by --sampling): shards
+# written with them are read only with them
+SHARD_OPTIONS = ("points", "sampling", "max_points")
+
+
+def readable_clouds(items: list[tuple], skipped: list) -> list[tuple]:
+    """The ``cloud_items`` that read; the others, logged, go to ``skipped``."""
+
+    def check(item: tuple) -> tuple:
+        unit_cloud(item)
+        return item
+
+    done, bad = read_each(items, check, True, name=lambda it: it[0])
+    skipped += bad
+    return done
+
+
+def write_shards(source: DataSource, opts: PointCloudOptions, write: Callable[[str, Iterable[dict]], list]) -> dict:
+    """Read ``source.data`` as the recipe reads it and hand each split's clouds to ``write(split,
+    samples)``, one cloud in memory at a time: the training split as ``train``, the held-out one
+    (``eval_data``, else the data's own test/val split, else the recipe's stratified 20 %) as
+    ``test``. A sample is the unit-sphere cloud (P, 3) float32 and {label, name, order: its place in
+    the recipe's split}. -> what the index of the shards records of the data.
+
+    Under ``skip_bad_files`` every cloud is read twice: the recipe splits the clouds that read, so
+    those are found before anything is written."""
+    find = partial(cloud_items, n_points=opts.points, sampling=opts.sampling, max_points=opts.max_points)
+    items, held = find(source.data), [] if source.eval_data is None else find(source.eval_data)
+    skipped = []
+    if source.skip_bad_files:
+        items, held = readable_clouds(items, skipped), readable_clouds(held, skipped)
+    if not items:
+        raise DataError(f"{source.data}: no readable point clouds")
+    classes = require_classes([label for _, _, label, _ in items], source.data)
+    if source.eval_data is not None:
+        check_held_out_classes([label for _, _, label, _ in held], classes, source.eval_data, source.data)
+        splits = {"train": items, "test": held}
+    else:
+        labels, own = [label for _, _, label, _ in items], [split for *_, split in items]
+        train_idx, eval_idx = held_out_split(labels, [str(i) for i in range(len(items))], own, source.seed)
+        splits = {"train": [items[i] for i in train_idx], "test": [items[i] for i in eval_idx]}
+
+    def samples(split: str, chosen: list[tuple]) -> Iterator[dict]:
+        shuffled = random.Random(source.seed).sample(range(len(chosen)), len(chosen))  # a stream reads them in order
+        for k in tqdm(shuffled, desc=f"writing {split}", disable=None if source.progress else True):
+            name, _, label, _ = chosen[k]
+            yield {"points.npy": unit_cloud(chosen[k]), "json": {"label": label, "name": name, "order": k}}
+
+    return {
+        "classes": classes,
+        "options": {k: getattr(opts, k) for k in SHARD_OPTIONS},
+        "data_card": data_card(source.data, KNOWN_CARDS),
+        "splits": {split: write(split, samples(split, chosen)) for split, chosen in splits.items()},
+        "skipped": skipped,
+    }
+
+
+def shard_item(sample: dict, classes: list[str], n_points: int, augment) -> dict:
+    """A shard sample -> its pretraining item, drawn as ``CloudDataset`` draws it."""
+    label = classes.index(sample["json"]["label"])
+    return cloud_item(torch.from_numpy(sample["points.npy"]), label, n_points, augment)
+
+
+def shard_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
+    """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``);
+    the probe and fine-tuning read the labelled splits into memory when they start."""
+    index, shards = read_index(source.data)
+    where = source.data
+    if index.get("modality") != "pointcloud":
+        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not pointcloud")
+    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
+    held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
+    if not held:
+        raise DataError(f"{where}: no held-out shards (test split) beside these; pass --eval-data")
+    classes, n = index["classes"], opts.points
+
+    def clouds(chosen) -> CloudDataset:
+        samples = ShardStream(chosen, None, source.seed, source.skip_bad_files).samples()
+        # in the recipe's order: the evaluation view draws the points of item i with seed i
+        samples = sorted(samples, key=lambda sample: sample["json"]["order"])
+        labels = [sample["json"]["label"] for sample in samples]
+        return CloudDataset([torch.from_numpy(sample["points.npy"]) for sample in samples], labels, classes, n)
+
+    count = lambda chosen: sum(k for _, k in chosen)  # noqa: E731
+    return assemble(
+        opts,
+        ShardStream(
+            shards, partial(shard_item, classes=classes, n_points=n, augment=MILD), source.seed, source.skip_bad_files
+        ),
+        OnFirstUse(lambda: clouds(shards)),
+        OnFirstUse(lambda: clouds(held)),
+        classes,
+        index["data_card"],
+        {"shards": len(shards), "train_clouds": count(shards), "eval_clouds": count(held)},
     )
 
 
