@@ -33,6 +33,7 @@ WRITERS = {
     "ultrasound": ("modalities.ultrasound.data", "UltrasoundOptions"),
     "volumes": ("modalities.volume.data", "VolumeOptions"),
     "pointcloud": ("modalities.pointcloud.data", "PointCloudOptions"),
+    "audio": ("modalities.audio.data", "AudioOptions"),
 }
 
 

@@ -2,12 +2,14 @@
 speaker-independent splits, augmentation, bad inputs."""
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from torch.utils.data import DataLoader
 
 from foundations.grid import GridConfig
 from modalities.audio.adapter import AudioAdapter
@@ -24,6 +26,8 @@ from modalities.audio.data import (
 )
 from modalities.audio.io import fbank, fit_frames, read_audio
 from modalities.common import DataError, DataSource, Sample, group_split
+from modalities.shards import parse_size
+from tasks.shards import convert
 
 FSDD = "audio/fsdd_recordings"
 
@@ -291,3 +295,85 @@ def test_multi_label__every_split_of_a_multi_label_task_gives_label_vectors():
     dataset = AudioDataset(features, ["a;b", "a", "b"], ["a", "b"], ["s0", "s1", "s2"], [None] * 3, frames=16)
     held = dataset.subset([1, 2])
     assert held.multi_label and held[0]["y"].tolist() == [1.0, 0.0] and held.pooled()[1].shape == (2, 2)
+
+
+# ------------------------------------------------------------------------------------------ shards
+SHARD_OPTS = AudioOptions(frames=32, mel_bins=32, patch=16)
+
+
+def clip_folder(root, layout: str) -> tuple[DataSource, AudioOptions]:
+    """Clips of 0.1 to 1.3 s (8 to 128 frames: padded or cropped to 32) in one of three layouts:
+    class folders with a silent clip (skipped: it shifts the sources of the split), the same with a
+    held-out folder, or labels.csv with several labels a clip and three speakers."""
+    if layout == "multi_label":
+        root.mkdir(parents=True)
+        rows = ["path,label,group"]
+        for i, label in enumerate(["dog", "dog;rain", "rain", "rain;wind", "wind", "dog;wind"] * 2):
+            sf.write(root / f"c{i}.wav", tone(0.1 + 0.1 * i, freq=200 + 50 * i), 8000)
+            rows.append(f"c{i}.wav,{label},p{i % 3}")
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+        return DataSource(str(root), progress=False), replace(SHARD_OPTS, split_by="speaker")
+    for part, n in (("data", 5), ("eval", 2)):
+        for c, cls in enumerate(("a", "b", "c")):
+            (root / part / cls).mkdir(parents=True)
+            for i in range(n):
+                sf.write(root / part / cls / f"{i}.wav", tone(0.1 + 0.3 * i, freq=300 + 200 * c + 40 * i), 8000)
+    if layout == "eval_data":
+        return DataSource(str(root / "data"), str(root / "eval"), progress=False), SHARD_OPTS
+    sf.write(root / "data" / "a" / "0_silent.wav", np.zeros(4000, np.float32), 8000)
+    return DataSource(str(root / "data"), skip_bad_files=True, progress=False), SHARD_OPTS
+
+
+@pytest.mark.parametrize("layout", ["folders_a_silent_clip_skipped", "eval_data", "multi_label"])
+def test_shards__hold_what_the_recipe_reads_from_the_folder(tmp_path, layout):
+    source, opts = clip_folder(tmp_path / "data", layout)
+    loose = build_domain(source, opts)
+    index = convert("audio", source, opts, tmp_path / "shards", parse_size("40kB"))
+    shards = build_domain(replace(source, data=str(tmp_path / "shards"), eval_data=None), opts)
+    assert len(index["splits"]["train"]) > 1 and len(index["skipped"]) == loose.info["skipped_files"]
+    assert (shards.classes, shards.multi_label) == (loose.classes, loose.multi_label)
+    assert (shards.preprocessing, shards.data_card) == (loose.preprocessing, loose.data_card)
+    stats = ("mean", "std")  # summed as written: equal to rounding
+    assert {k: v for k, v in shards.adapter.items() if k not in stats} == {
+        k: v for k, v in loose.adapter.items() if k not in stats
+    }
+    for k in stats:
+        assert shards.adapter[k] == pytest.approx(loose.adapter[k], rel=1e-9)
+    same = ("train_clips", "eval_clips", "held_out_sources", "short_clips_padded")
+    assert {k: shards.info[k] for k in same} == {k: loose.info[k] for k in same} and loose.info["short_clips_padded"]
+    for split in ("train_eval", "held_out"):
+        a, b = getattr(loose, split), getattr(shards, split)
+        assert len(a) == len(b) >= 2 and (a.labels, a.sources, a.splits) == (b.labels, b.sources, b.splits)
+        assert all(torch.equal(fa, fb) for fa, fb in zip(a.features, b.features, strict=True))
+        for i in range(len(a)):
+            assert torch.equal(a[i]["x"], b[i]["x"]) and torch.equal(
+                torch.as_tensor(a[i]["y"]), torch.as_tensor(b[i]["y"])
+            )
+        torch.testing.assert_close(shards.raw_features(b), loose.raw_features(a))
+
+
+def test_shards__the_stream_crops_and_masks_as_the_pretraining_set(tmp_path):
+    source, opts = clip_folder(tmp_path / "data", "multi_label")
+    loose = build_domain(source, opts)
+    convert("audio", source, opts, tmp_path / "shards", parse_size("40kB"))
+    stream = build_domain(DataSource(str(tmp_path / "shards"), progress=False), opts).pretrain
+    batch = next(iter(DataLoader(stream.split(0, 1, 4), batch_size=4, num_workers=1)))
+    assert batch["x"].shape == (4, *loose.pretrain[0]["x"].shape) == (4, 1, 32, 32)
+    assert batch["y"].shape == (4, 3)  # multi-label: a 0/1 vector of the classes per clip
+    for sample in list(stream.samples())[:4]:
+        torch.manual_seed(7)
+        expected = loose.pretrain[sample["json"]["order"]]
+        torch.manual_seed(7)
+        got = stream.decode(sample)
+        assert torch.equal(got["x"], expected["x"]) and torch.equal(got["y"], expected["y"])
+
+
+def test_shards__read_with_other_options_is_a_clear_error(tmp_path):
+    source, opts = clip_folder(tmp_path / "data", "eval_data")
+    convert("audio", source, opts, tmp_path / "shards", parse_size("1MB"))
+    where = DataSource(str(tmp_path / "shards"), progress=False)
+    with pytest.raises(DataError, match=r"written with --mel-bins 32, --split-by file; run with those or convert"):
+        build_domain(where, replace(opts, mel_bins=64, split_by="speaker"))
+    longer = build_domain(where, replace(opts, frames=64))  # windows are cut when an item is drawn: any --frames
+    assert longer.held_out[0]["x"].shape == longer.pretrain.decode(next(longer.pretrain.samples()))["x"].shape
+    assert longer.held_out[0]["x"].shape == (1, 64, 32)

@@ -1,15 +1,17 @@
 """Audio datasets: filterbanks in memory, the built-in synthetic sounds, folders in the standard
 layouts (class folders, labels.csv with an optional group column, the Free Spoken Digit Dataset's
-``{digit}_{speaker}_{index}.wav`` names), SpecAugment-style augmentation, the domain the recipe
-trains on and its picture.
+``{digit}_{speaker}_{index}.wav`` names) and their shards (``python -m tasks.shards --modality
+audio``: filterbanks), SpecAugment-style augmentation, the domain the recipe trains on and its picture.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import random
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from modalities.common import (
     require_classes,
     stratified_split,
 )
+from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
 
 log = logging.getLogger(__name__)
 MULTI = ";"  # separates the labels of a multi-label item in labels.csv ("dog;rain")
@@ -118,11 +121,16 @@ class StreamedFbanks:
         return len(self.paths)
 
     def __getitem__(self, i) -> torch.Tensor:
-        wave, _, _ = read_audio(self.paths[i], self.opts.sample_rate)
-        return fbank(wave, self.opts.sample_rate, self.opts.mel_bins)
+        return clip_fbank(self.paths[i], self.opts)[0]
 
     def subset(self, indices) -> StreamedFbanks:
         return StreamedFbanks([self.paths[i] for i in indices], self.opts)
+
+
+def clip_fbank(path, opts: AudioOptions) -> tuple[torch.Tensor, int, int]:
+    """(the clip's filterbank (T, mel_bins) at ``opts.sample_rate``, the file's rate, its channels)."""
+    wave, rate, channels = read_audio(path, opts.sample_rate)
+    return fbank(wave, opts.sample_rate, opts.mel_bins), rate, channels
 
 
 def take(items, indices) -> list | StreamedFbanks:
@@ -162,10 +170,13 @@ class AudioDataset(Dataset):
         return AudioDataset(features, labels, self.classes, sources, splits, self.frames, augment, self.multi_label)
 
     def __getitem__(self, i):
-        f = self.features[i]
+        return self.item(self.features[i], self.labels[i])
+
+    def item(self, f: torch.Tensor, label: str) -> dict:
+        """A filterbank (T, F) and its label -> the item: a random window when augmenting, else the first."""
         offset = int(torch.randint(len(f) - self.frames + 1, ())) if self.augment and len(f) > self.frames else 0
         x = fit_frames(f, self.frames, offset, floor=f.min())[None]  # (1, frames, F)
-        return {"x": self.augment(x) if self.augment else x, "y": self.target(self.labels[i])}
+        return {"x": self.augment(x) if self.augment else x, "y": self.target(label)}
 
     def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The raw-input baseline: mean and std over time of every clip's real frames -> (N, 2F),
@@ -184,6 +195,14 @@ class AudioDataset(Dataset):
             clips = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:most].tolist()
         values = torch.cat([self.features[i].flatten() for i in clips]).double()
         return values.mean().item(), max(values.std().item(), 1e-6)
+
+
+class AudioStream(AudioDataset):
+    """The ``decode`` of a ``ShardStream`` of clips (an ``AudioDataset`` without clips of its own):
+    a shard sample (``write_shards``) -> its item, as the dataset gives it."""
+
+    def __call__(self, sample: dict) -> dict:
+        return self.item(torch.from_numpy(sample["fbank.npy"]), sample["json"]["label"])
 
 
 # ------------------------------------------------------------------------------- synthetic sounds
@@ -316,6 +335,12 @@ def read_header(path) -> tuple[int, int, int]:
     return info.frames, info.samplerate, info.channels
 
 
+def clip_headers(samples: list[Sample], skip_bad: bool, progress: bool) -> tuple[list[tuple], list]:
+    """(sample, frames, rate, channels) of every clip whose header reads -> (those, skipped)."""
+    bar = tqdm(samples, desc="audio headers", disable=None if progress else True)
+    return read_each(bar, lambda s: (s, *read_header(s.path)), skip_bad, name=lambda s: str(s.path))
+
+
 def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classes=None, progress: bool = True):
     """Filterbanks of every readable clip -> (dataset, skipped [(path, reason)], clips shorter
     than one patch of frames, which are padded like every clip shorter than ``frames``).
@@ -324,17 +349,16 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
     beyond, only the headers are checked here and every item is read when it is asked for
     (``StreamedFbanks``), so a silent or NaN clip then stops the run when it is first read."""
     rates, channels = Counter(), set()
-    bar = tqdm(samples, desc="audio headers", disable=None if progress else True)
-    headers, skipped = read_each(bar, lambda s: (s, *read_header(s.path)), skip_bad, name=lambda s: str(s.path))
+    headers, skipped = clip_headers(samples, skip_bad, progress)
     frames = [n / rate * 1000 / HOP_MS for _, n, rate, _ in headers]  # filterbank frames of every clip
     megabytes = sum(frames) * opts.mel_bins * 4 / 2**20
     streamed = megabytes > opts.cache_mb
 
     def read(s: Sample):
-        wave, rate, n_channels = read_audio(s.path, opts.sample_rate)
+        features, rate, n_channels = clip_fbank(s.path, opts)
         rates[rate] += 1
         channels.add(n_channels)
-        return s, fbank(wave, opts.sample_rate, opts.mel_bins)
+        return s, features
 
     if streamed:
         log.info("%d clips, %.0f MB of filterbanks: computed per item in the workers", len(headers), megabytes)
@@ -357,7 +381,7 @@ def load_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, classe
             "%d clips are shorter than one patch (%d frames), e.g. %s; padded", len(short), opts.patch, short[0]
         )
     labels = [s.label for s, _ in done]
-    sources = [s.group or str(s.path) for s, _ in done]
+    sources = [clip_source(s) for s, _ in done]
     splits = [s.split for s, _ in done]
     classes = classes or sorted({part for label in labels for part in label.split(MULTI)})
     features = StreamedFbanks([s.path for s, _ in done], opts) if streamed else [f for _, f in done]
@@ -381,12 +405,26 @@ def audio_card(root) -> str:
     return card
 
 
-def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
-    """Datasets, adapter config and data card for the audio recipe.
+def split_clips(labels: list[str], sources: list[str], splits: list[str | None], split_by: str, seed: int):
+    """(train, held-out) indices of the recipe's own split: the data's test/val split (ESC-50 fold,
+    Speech Commands lists), else whole speakers (``split_by="speaker"``), else a stratified 20 % of
+    the files."""
+    if any(s in ("test", "val") for s in splits):
+        return held_out_split(labels, sources, splits, seed)
+    if split_by == "speaker":
+        return group_split(sources, 0.2, seed)
+    return stratified_split(labels, sources, 0.2, seed)
 
-    Held-out data, in order: ``eval_data``; whole speakers (``split_by="speaker"``); a stratified
-    20 % of the files.
+
+def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
+    """Datasets, adapter config and data card for the audio recipe; shards
+    (``modalities.shards.is_shards``) are streamed for pretraining.
+
+    Held-out data, in order: ``eval_data``; the data's own test/val split; whole speakers
+    (``split_by="speaker"``); a stratified 20 % of the files.
     """
+    if is_shards(source.data):
+        return shard_domain(source, opts)
     skipped, short = [], []
     if source.data is None:
         full, card = synthetic_set(opts.synthetic_per_class, opts, source.seed), "data_cards/synthetic_sounds.md"
@@ -397,7 +435,7 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         card = audio_card(source.data)
     if source.eval_data is not None:
         train = full
-        held, more = load_clips(
+        held, more, _ = load_clips(
             find_clips(source.eval_data, opts.fold), opts, source.skip_bad_files, full.classes, source.progress
         )
         held_parts = [part for label in held.labels for part in label.split(MULTI)]
@@ -405,39 +443,173 @@ def build_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         full.multi_label = held.multi_label = full.multi_label or held.multi_label
         skipped += more
     else:
-        if any(s in ("test", "val") for s in full.splits):  # the data's own split (ESC-50 fold, SC lists)
-            train_idx, held_idx = held_out_split(full.labels, full.sources, full.splits, source.seed)
-        elif opts.split_by == "speaker":
-            train_idx, held_idx = group_split(full.sources, 0.2, source.seed)
-        else:
-            train_idx, held_idx = stratified_split(full.labels, full.sources, 0.2, source.seed)
+        train_idx, held_idx = split_clips(full.labels, full.sources, full.splits, opts.split_by, source.seed)
         train, held = full.subset(train_idx), full.subset(held_idx)
-    mean, std = train.statistics()
+    info = {
+        "train_clips": len(train),
+        "eval_clips": len(held),
+        "held_out_sources": held_out_sources(held.sources, opts),
+        "short_clips_padded": len(short),
+        "skipped_files": len(skipped),
+        "skipped": skipped,
+    }
+    pretrain = train.subset(range(len(train)), SpecAugment())
+    return assemble(opts, pretrain, train, held, full.classes, full.multi_label, train.statistics(), card, info)
+
+
+def held_out_sources(sources: list[str], opts: AudioOptions) -> list[str] | int:
+    """What metrics.json says of the held-out sources: the speakers held out, else their count."""
+    return sorted(set(sources)) if opts.split_by == "speaker" else len(set(sources))
+
+
+def assemble(opts: AudioOptions, pretrain, train, held, classes, multi_label, statistics, card, info) -> DomainData:
+    """The recipe's ``DomainData`` from its pretraining set, the training split's evaluation view
+    ``train``, the held-out split and the mean and std of the training filterbanks."""
+    (mean, std), masks = statistics, SpecAugment(time_mask=opts.frames // 5, freq_mask=opts.mel_bins // 5)
     adapter = GridConfig(
         1, (opts.patch, opts.patch), (opts.frames, opts.mel_bins), (mean,), (std,), keep_last_axis=True
     )
-    everything = range(len(train))
     return DomainData(
-        pretrain=train.subset(everything, SpecAugment()),
-        finetune=train.subset(everything, SpecAugment(time_mask=opts.frames // 5, freq_mask=opts.mel_bins // 5)),
+        pretrain=pretrain,
+        finetune=OnFirstUse(lambda: train.subset(range(len(train)), masks)),
         train_eval=train,
         held_out=held,
-        classes=full.classes,
+        classes=classes,
         adapter={"name": "audio", **asdict(adapter)},
         data_card=card,
         render=render_spectrograms,
-        multi_label=full.multi_label,
+        multi_label=multi_label,
         raw_features=AudioDataset.pooled,
         preprocessing={"sample_rate": opts.sample_rate, "frames": opts.frames, "mel_bins": opts.mel_bins},
-        info={
-            "train_clips": len(train),
-            "eval_clips": len(held),
-            "classes": full.classes,
-            "held_out_sources": sorted(set(held.sources)) if opts.split_by == "speaker" else len(set(held.sources)),
-            "short_clips_padded": len(short),
-            "skipped_files": len(skipped),
-            "skipped": skipped,
-        },
+        info={"classes": classes, **info},
+    )
+
+
+# The options the stored filterbanks and the split depend on: shards written with them are read only
+# with them (--frames is cut from the whole clip when an item is drawn)
+SHARD_OPTIONS = ("sample_rate", "mel_bins", "split_by", "fold")
+
+
+def readable_clips(samples: list[Sample], opts: AudioOptions, skip_bad: bool, progress: bool):
+    """The clips whose headers read, as ``load_clips`` checks them, and under ``skip_bad`` whose
+    samples read too (each clip is then read twice: the recipe splits the clips that read, so those
+    are found before anything is written) -> (clips, skipped)."""
+    headers, skipped = clip_headers(samples, skip_bad, progress)
+    clips = [s for s, *_ in headers]
+    if skip_bad:
+
+        def check(s: Sample) -> Sample:
+            read_audio(s.path, opts.sample_rate)
+            return s
+
+        clips, more = read_each(clips, check, True, name=lambda s: str(s.path))
+        skipped += more
+    if not clips:
+        raise DataError("no readable audio clips among the given files")
+    return clips, skipped
+
+
+def clip_source(s: Sample) -> str:
+    """What a split keeps on one side: the clip's group (speaker, source recording), else its file."""
+    return s.group or str(s.path)
+
+
+def label_parts(clips: list[Sample]) -> list[str]:
+    return [part for s in clips for part in s.label.split(MULTI)]
+
+
+def write_shards(source: DataSource, opts: AudioOptions, write: Callable[[str, Iterable[dict]], list]) -> dict:
+    """Read ``source.data`` as the recipe reads it and hand each split's filterbanks to
+    ``write(split, samples)``, one clip in memory at a time: the training split as ``train``, the
+    held-out one (``eval_data``, else the recipe's own split, ``split_clips``) as ``test``. A sample
+    is the clip's whole filterbank (T, mel_bins) float32, as the recipe holds it, and {label (several
+    joined by ';'), group, source, split, order: its place in the recipe's split}; the mean and std of
+    the training filterbanks are summed as they are written. -> what the index of the shards records."""
+    found = find_clips(source.data, opts.fold)
+    require_classes([s.label for s in found], source.data)
+    clips, skipped = readable_clips(found, opts, source.skip_bad_files, source.progress)
+    classes, held = sorted(set(label_parts(clips))), []
+    if source.eval_data is not None:
+        found = find_clips(source.eval_data, opts.fold)
+        held, more = readable_clips(found, opts, source.skip_bad_files, source.progress)
+        skipped += more
+        check_held_out_classes(label_parts(held), classes, source.eval_data, source.data)
+        splits = {"train": clips, "test": held}
+    else:
+        labels, groups, own = [s.label for s in clips], [clip_source(s) for s in clips], [s.split for s in clips]
+        train_idx, held_idx = split_clips(labels, groups, own, opts.split_by, source.seed)
+        splits = {"train": [clips[i] for i in train_idx], "test": [clips[i] for i in held_idx]}
+    of_data = ("train",) if source.eval_data is not None else ("train", "test")  # load_clips counts short --data clips
+    sums, short = np.zeros(3), 0  # sums of the training filterbanks: (v, v**2, count)
+
+    def samples(split: str, chosen: list[Sample]) -> Iterator[dict]:
+        nonlocal short
+        shuffled = random.Random(source.seed).sample(range(len(chosen)), len(chosen))  # a stream reads them in order
+        for k in tqdm(shuffled, desc=f"writing {split}", disable=None if source.progress else True):
+            s = chosen[k]
+            features = clip_fbank(s.path, opts)[0]
+            if split == "train":
+                v = features.double()
+                sums[:] += (v.sum().item(), (v**2).sum().item(), v.numel())
+            if len(features) < opts.patch and split in of_data:
+                short += 1
+            meta = {"label": s.label, "group": clip_source(s), "source": str(s.path), "split": s.split, "order": k}
+            yield {"fbank.npy": features.numpy(), "json": meta}
+
+    written = {split: write(split, samples(split, chosen)) for split, chosen in splits.items()}
+    n, mean = sums[2], sums[0] / sums[2]
+    std = max((max(sums[1] - n * mean**2, 0.0) / max(n - 1, 1)) ** 0.5, 1e-6)  # unbiased, as torch's std
+    return {
+        "classes": classes,
+        "multi_label": any(MULTI in s.label for s in clips + held),
+        "statistics": [mean, std],
+        "options": {k: getattr(opts, k) for k in SHARD_OPTIONS},
+        "data_card": audio_card(source.data),
+        "splits": written,
+        "skipped": skipped,
+        "short_clips_padded": short,
+        "held_out_sources": held_out_sources([clip_source(s) for s in splits["test"]], opts),
+    }
+
+
+def shard_domain(source: DataSource, opts: AudioOptions) -> DomainData:
+    """Shards written by ``write_shards``: pretraining streams crops of the training filterbanks
+    (``ShardStream``); the probe and fine-tuning read the labelled splits into memory when they start."""
+    index, shards = read_index(source.data)
+    where = source.data
+    if index.get("modality") != "audio":
+        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not audio")
+    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
+    held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
+    if not held:
+        raise DataError(f"{where}: no held-out shards (test split) beside these; pass --eval-data")
+    classes, multi = index["classes"], index["multi_label"]
+
+    def clips(chosen) -> AudioDataset:
+        samples = ShardStream(chosen, None, source.seed, source.skip_bad_files).samples()
+        samples = sorted(samples, key=lambda sample: sample["json"]["order"])  # the recipe's order, item for item
+        meta = [sample["json"] for sample in samples]
+        features = [torch.from_numpy(sample["fbank.npy"]) for sample in samples]
+        labels, groups, splits = ([m[k] for m in meta] for k in ("label", "group", "split"))
+        return AudioDataset(features, labels, classes, groups, splits, opts.frames, None, multi)
+
+    decode = AudioStream([], [], classes, [], [], opts.frames, SpecAugment(), multi)
+    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
+    info = {"shards": len(shards), "train_clips": count(shards), "eval_clips": count(held)}
+    info |= {k: index[k] for k in ("held_out_sources", "short_clips_padded")}
+    return assemble(
+        opts,
+        ShardStream(shards, decode, source.seed, source.skip_bad_files),
+        OnFirstUse(lambda: clips(shards)),
+        OnFirstUse(lambda: clips(held)),
+        classes,
+        multi,
+        index["statistics"],
+        index["data_card"],
+        info,
     )
 
 
