@@ -60,14 +60,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def write_split(split: str, samples: Iterable[dict], out: Path, max_bytes: int) -> list[dict]:
-    """Write ``samples`` ({"<name>.npy": array, "json": dict}) to ``out/<split>-%06d.tar``, a new
-    shard once one holds ``max_bytes`` -> the shard list [{"url": file name, "nsamples": n}]."""
+    """Write ``samples`` ({"<name>.npy": array, "json": dict, "<name>": bytes written as they are,
+    e.g. an encoded video}) to ``out/<split>-%06d.tar``, a new shard once one holds ``max_bytes``
+    -> the shard list [{"url": file name, "nsamples": n}]."""
     import webdataset as wds  # the writer only: reading needs no webdataset
 
     counts: dict[str, int] = {}
     with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxsize=max_bytes, verbose=0) as sink:
         for i, sample in enumerate(samples):
-            encoded = {k: npy_bytes(v) if k.endswith(".npy") else json.dumps(v).encode() for k, v in sample.items()}
+            encoded = {
+                k: npy_bytes(v) if k.endswith(".npy") else v if isinstance(v, bytes) else json.dumps(v).encode()
+                for k, v in sample.items()
+            }
             sink.write({"__key__": f"{i:09d}", **encoded})
             counts[sink.fname] = counts.get(sink.fname, 0) + 1
     if not counts:  # the writer opened a first shard before it knew there was nothing to write

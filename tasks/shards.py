@@ -34,6 +34,8 @@ WRITERS = {
     "volumes": ("modalities.volume.data", "VolumeOptions"),
     "pointcloud": ("modalities.pointcloud.data", "PointCloudOptions"),
     "audio": ("modalities.audio.data", "AudioOptions"),
+    "video": ("modalities.video.data", "VideoOptions"),
+    "nerf": ("modalities.nerf.data", "NerfOptions"),
 }
 
 

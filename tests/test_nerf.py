@@ -1,14 +1,17 @@
 """Radiance grids as tokens: the nerf adapter's NeRF-MAE loss weights, density to opacity, the
-built-in procedural set and its pictures, the layouts of --data (grids, posed-image scenes), voxel
-labels for --task segment, the recipe's own --stage bake."""
+built-in procedural set and its pictures, the layouts of --data (grids, posed-image scenes, shards),
+voxel labels for --task segment, the recipe's own --stage bake."""
 
 import dataclasses
 import itertools
 import json
+import re
+import tarfile
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from foundations.mae import MaskedAutoencoder
 from modalities import build_adapter
@@ -28,8 +31,10 @@ from modalities.nerf.data import (
     read_grids,
 )
 from modalities.nerf.mesh import PRIMITIVES, procedural_scene
+from modalities.shards import ShardStream, parse_size, read_index
 from modalities.volume.data import VolumeOptions
 from tasks.options import build_parser, parse
+from tasks.shards import convert
 from tests.conftest import TINY_MAE
 
 
@@ -261,3 +266,98 @@ def test_parse__bake_is_a_stage_of_the_nerf_recipe_only(capsys):
     with pytest.raises(SystemExit):
         parse("volumes", "", VolumeOptions, argv=["--stage", "bake"])
     assert "--stage bake: choose all or from pretrain,probe,finetune,prune,extract, comma" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory):
+    """Two classes of five procedural 8^3 grids as ``save_grid`` writes them (float16, voxel labels),
+    and a 10^3 grid in float32 that no float16 holds, written as another tool might."""
+    root = tmp_path_factory.mktemp("grids")
+    for k, kind in enumerate(("a", "b")):
+        (root / kind).mkdir()
+        for i in range(5):
+            save_grid(root / kind / f"{i}.npz", procedural_scene(seed=i + 10 * k, grid=8), {})
+    scene = procedural_scene(seed=99, grid=10)
+    arrays = {k: scene[k] for k in ("valid", "bbox", "voxel_size", "labels")}
+    np.savez(root / "b" / "fine.npz", rgbsigma=scene["rgbsigma"] * np.float32(0.999), meta=np.array("{}"), **arrays)
+    return root
+
+
+def shard_domain_of(grids, out, opts: NerfOptions):
+    convert("nerf", DataSource(str(grids)), opts, out, parse_size("8kB"))
+    return build_domain(DataSource(str(out)), opts)
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_shards__hold_the_grids_the_recipe_reads_from_the_folder(grids, tmp_path, task):
+    opts = NerfOptions(patch=4, task=task)
+    loose = build_domain(DataSource(str(grids)), opts)
+    shards = shard_domain_of(grids, tmp_path, opts)
+    assert len(read_index(str(tmp_path))[1]) > 2  # several shards of at most 8 kB
+    assert (shards.classes, shards.adapter) == (loose.classes, loose.adapter)
+    assert {k: shards.info[k] for k in ("grid_size", "train_grids", "eval_grids", "voxel_size_min")} == {
+        k: loose.info[k] for k in ("grid_size", "train_grids", "eval_grids", "voxel_size_min")
+    }
+    assert shards.info["occupied_fraction"] == pytest.approx(loose.info["occupied_fraction"], rel=1e-6)
+    for split in ("train_eval", "held_out"):
+        a = {it["name"]: it for it in getattr(loose, split).items}
+        b = {it["name"]: it for it in getattr(shards, split).items}
+        assert a.keys() == b.keys() and len(a) >= 2
+        for name in a:
+            keys = ("image", "valid", "spacing", "label", *(("voxels",) if task == "segment" else ()))
+            assert all(torch.equal(torch.as_tensor(a[name][k]), torch.as_tensor(b[name][k])) for k in keys), name
+    assert type(shards.finetune[0]["y"]) is type(loose.finetune[0]["y"])  # the class, or the voxels' labels
+    index = read_index(str(tmp_path))[0]
+    every = [(tmp_path / s["url"], s["nsamples"]) for listed in index["splits"].values() for s in listed]
+    stored = {s["json"]["name"]: s["rgbsigma.npy"].dtype for s in ShardStream(every, None, 0, False).samples()}
+    assert len(stored) == 11 and stored.pop(str(grids / "b" / "fine.npz")) == np.float32  # float16 would round it
+    assert set(stored.values()) == {np.dtype(np.float16)}  # as save_grid wrote them
+
+
+def test_shards__the_stream_gives_the_folder_pretraining_items(grids, tmp_path):
+    loose = build_domain(DataSource(str(grids)), NerfOptions(patch=4))
+    shards = shard_domain_of(grids, tmp_path, NerfOptions(patch=4))
+    batch = next(iter(DataLoader(shards.pretrain.split(0, 1, 2), batch_size=2)))
+    assert batch["x"]["image"].shape == (2, 4, 12, 12, 12) and batch["valid"].shape == (2, 1, 12, 12, 12)
+    names = [it["name"] for it in loose.pretrain.items]
+    for seed, sample in enumerate(
+        itertools.islice(ShardStream(read_index(str(tmp_path))[1], None, 0, False).samples(), 4)
+    ):
+        torch.manual_seed(seed)  # the same draws: the same flips and turns
+        a = shards.pretrain.decode(sample)
+        torch.manual_seed(seed)
+        b = loose.pretrain[names.index(sample["json"]["name"])]
+        assert (
+            torch.equal(a["x"]["image"], b["x"]["image"]) and torch.equal(a["valid"], b["valid"]) and a["y"] == b["y"]
+        )
+
+
+def test_shards__a_damaged_grid_is_named_by_shard_and_member_or_skipped(grids, tmp_path):
+    shard_domain_of(grids, tmp_path, NerfOptions(patch=4))
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name.endswith(".rgbsigma.npy"))
+    with open(shard, "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(bytes(16))  # no .npy header
+    named = rf"{re.escape(str(shard))}: member {member.name}"
+    data = build_domain(DataSource(str(tmp_path)), NerfOptions(patch=4))
+    with pytest.raises(DataError, match=named):
+        list(DataLoader(data.pretrain.split(0, 1, 1), batch_size=1))
+    with pytest.raises(DataError, match=named):
+        len(data.train_eval)
+    skipping = build_domain(DataSource(str(tmp_path), skip_bad_files=True), NerfOptions(patch=4))
+    assert len(skipping.train_eval) == data.info["train_grids"] - 1  # the probe reads the others
+    assert len(list(DataLoader(skipping.pretrain.split(0, 1, 1), batch_size=1))) == data.info["train_grids"]
+
+
+def test_shards__options_and_posed_scenes_are_checked(grids, tmp_path):
+    shard_domain_of(grids, tmp_path / "shards", NerfOptions(patch=4))
+    with pytest.raises(DataError, match=r"written with --task classify; run with those or convert again"):
+        build_domain(DataSource(str(tmp_path / "shards")), NerfOptions(patch=4, task="segment"))
+    padded = build_domain(DataSource(str(tmp_path / "shards")), NerfOptions(patch=8))
+    assert padded.info["grid_size"] == [16, 16, 16]  # the largest grid, 10^3, padded when read
+    assert find_scenes(tmp_path / "shards" / "train-{000000..000001}.tar") == []  # the recipe asks: grids, no scenes
+    scene_folder(tmp_path / "scenes" / "chair" / "one")
+    with pytest.raises(DataError, match=r"scenes: posed-image scenes; bake them first"):
+        convert("nerf", DataSource(str(tmp_path / "scenes")), NerfOptions(), tmp_path / "out", parse_size("1MB"))

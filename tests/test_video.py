@@ -1,14 +1,20 @@
 """The video domain: options, clip datasets over real mp4 files (written with PyAV, read through
-decord), the built-in motion set and the picture."""
+decord), the built-in motion set, the picture, and shards of the video files."""
 
 import dataclasses
+import itertools
+import json
+import re
+import tarfile
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from foundations.mae import MaskedAutoencoder
 from modalities import build_adapter
 from modalities.common import DataError, DataSource
+from modalities.shards import INDEX, ShardStream, parse_size, read_index
 from modalities.video.data import (
     Video,
     VideoClips,
@@ -23,6 +29,7 @@ from modalities.video.io import ClipTransform, ClipViews
 from modalities.video.synthetic import write_motion_clips
 from tasks.options import PretrainOptions
 from tasks.pretrain import model_config
+from tasks.shards import convert
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +204,96 @@ def test_raw_features__grey_cine_loops_one_channel(motion):
     features, targets = raw_features(dataset)
     assert features.shape == (2, 4 * 16 * 16) and targets.tolist() == dataset.class_ids == [1, 0]
     torch.testing.assert_close(features[1], dataset[1]["x"].reshape(4, 16, 2, 16, 2).mean((2, 4)).flatten())
+
+
+def converted(folder, out, opts: VideoOptions, shard_size: str = "20kB"):
+    """The domain of ``folder``'s videos converted to shards of at most ``shard_size`` in ``out``."""
+    convert("video", DataSource(str(folder), progress=False), opts, out, parse_size(shard_size))
+    return build_domain(DataSource(str(out), progress=False), opts)
+
+
+def assert_same_items(a: VideoClips, b: VideoClips) -> None:
+    """The two datasets give the same items under the same names, in any order."""
+    by_name = {name: b[i] for i, name in enumerate(b.names)}
+    assert sorted(a.names) == sorted(by_name) and len(a) >= 2
+    for i, name in enumerate(a.names):
+        x, y = a[i], by_name[name]
+        assert x.keys() == y.keys() and all(torch.equal(torch.as_tensor(x[k]), torch.as_tensor(y[k])) for k in x), name
+
+
+def test_shards__hold_the_videos_the_recipe_reads_from_the_folder(motion, tmp_path):
+    folder, _ = motion
+    opts = small(test_clips=2)
+    loose = build_domain(DataSource(str(folder), progress=False), opts)
+    shards = converted(folder, tmp_path, opts)
+    assert len(read_index(str(tmp_path))[1]) > 3  # several shards of at most 20 kB
+    assert (shards.classes, shards.adapter, shards.preprocessing) == (loose.classes, loose.adapter, loose.preprocessing)
+    assert (shards.info["train_videos"], shards.info["eval_videos"]) == (16, 8)
+    for split in ("train_eval", "held_out"):
+        assert_same_items(getattr(loose, split), getattr(shards, split))
+    assert_same_items(loose.held_out_views[0], shards.held_out_views[0])  # the other clip of each video
+
+
+def test_shards__the_stream_draws_the_clips_the_folder_draws(motion, tmp_path):
+    folder, _ = motion
+    loose = build_domain(DataSource(str(folder), progress=False), small())
+    shards = converted(folder, tmp_path, small())
+    batch = next(iter(DataLoader(shards.pretrain.split(0, 1, 4), batch_size=4)))
+    assert batch["x"].shape == (4, 3, 4, 32, 32) and batch["y"].shape == (4,)
+    samples = ShardStream(read_index(str(tmp_path))[1], None, 0, False).samples()
+    for seed, sample in enumerate(itertools.islice(samples, 3)):  # the same draws give the same clip
+        torch.manual_seed(seed)
+        a = shards.pretrain.decode(sample)
+        torch.manual_seed(seed)
+        b = loose.pretrain[loose.pretrain.names.index(sample["json"]["source"])]
+        assert torch.equal(a["x"], b["x"]) and a["y"] == b["y"]
+
+
+def test_shards__a_damaged_video_is_named_by_shard_and_member_or_skipped(motion, tmp_path, caplog):
+    folder, _ = motion
+    shards = converted(folder, tmp_path, small())
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name.endswith(".video"))
+    with open(shard, "r+b") as f:  # the bytes of the video zeroed, the tar intact
+        f.seek(member.offset_data)
+        f.write(bytes(member.size))
+    named = rf"{re.escape(str(shard))}: member {member.name}: .*cannot open video"
+    with pytest.raises(DataError, match=named):
+        list(DataLoader(shards.pretrain.split(0, 1, 1), batch_size=1))
+    with pytest.raises(DataError, match=named):
+        [shards.train_eval[i] for i in range(len(shards.train_eval))]
+    skipping = build_domain(DataSource(str(tmp_path), skip_bad_files=True, progress=False), small())
+    stream = skipping.pretrain.split(0, 1, 1)
+    assert len(list(DataLoader(stream, batch_size=1))) == len(stream) == 16  # the next one took its place
+    assert f"{shard}: member {member.name}" in caplog.text
+
+
+def test_shards__options_the_stored_videos_depend_on_are_checked(motion, tmp_path):
+    folder, _ = motion
+    converted(folder, tmp_path, small())
+    with pytest.raises(DataError, match=r"written with --fps None; run with those or convert again"):
+        build_domain(DataSource(str(tmp_path)), small(fps=4.0))
+    assert build_domain(DataSource(str(tmp_path)), small(frames=8)).adapter["size"] == (8, 32, 32)  # drawn when read
+    index = json.loads((tmp_path / INDEX).read_text())
+    (tmp_path / INDEX).write_text(json.dumps({**index, "modality": "audio"}))
+    with pytest.raises(DataError, match=r"shards of the audio recipe, not video"):
+        build_domain(DataSource(str(tmp_path)), small())
+
+
+def test_shards__cine_loops_keep_their_sectors_and_grey_level(shared, tmp_path):
+    """Real POCUS loops (mp4 and mov) with --ultrasound: the sector found at conversion and the
+    training sectors' grey level (the adapter's mean and std) come back from the shards."""
+    videos = shared / "ultrasound/pocus_ccby_subset/pocus_videos/convex"
+    for label, pattern in (("regular", "Reg_*.mp4"), ("covid", "Cov_*.mov")):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for path in sorted(videos.glob(pattern))[:3]:
+            (tmp_path / "data" / label / path.name).symlink_to(path)
+    opts = small(ultrasound=True)
+    loose = build_domain(DataSource(str(tmp_path / "data"), progress=False), opts)
+    shards = converted(tmp_path / "data", tmp_path / "shards", opts, "300kB")
+    assert shards.adapter == loose.adapter and shards.adapter["name"] == "ultrasound_cine"
+    assert shards.info["sectors"] == loose.info["sectors"] == {"fan": 6}
+    assert 0.5 < loose.held_out[0]["valid"].mean() < 1  # a sector, not the whole frame
+    for split in ("train_eval", "held_out"):
+        assert_same_items(getattr(loose, split), getattr(shards, split))

@@ -1,6 +1,7 @@
 """Radiance-grid datasets for the nerf recipe: the built-in procedural scenes, a folder of baked
-grids (``.npz`` as ``modalities.nerf.bake.save_grid`` writes them), or a folder of posed-image scenes
-baked into such grids first (``bake_scenes``, cached).
+grids (``.npz`` as ``modalities.nerf.bake.save_grid`` writes them) or shards of them
+(``write_shards``), or a folder of posed-image scenes baked into such grids first (``bake_scenes``,
+cached).
 
 Layouts of ``--data``:
   grids    DIR/labels.csv or DIR/<class>/**.npz (labelled, ``modalities.common.discover``), or
@@ -21,9 +22,12 @@ under ``--skip-bad-files``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import random
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -46,6 +50,7 @@ from modalities.nerf.adapter import NerfConfig
 from modalities.nerf.bake import BakeConfig, bake, load_grid, write_bake
 from modalities.nerf.cameras import SceneOptions, read_scene
 from modalities.nerf.mesh import PRIMITIVES, procedural_scene
+from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
 
 log = logging.getLogger(__name__)
 VOXEL_CLASSES = ("empty", *PRIMITIVES)  # voxel label k: VOXEL_CLASSES[k] (bake.py's ``labels`` array)
@@ -221,9 +226,9 @@ def grid_samples(root) -> list[Sample]:
     return [Sample(p, "") for p in flat]
 
 
-def read_grids(root, skip_bad: bool) -> tuple[list[dict], list[str], list, list[str | None]]:
+def read_grids(root, skip_bad: bool, keep: Callable[[dict], dict] | None = None):
     """The ``.npz`` grids under ``root`` -> (items, classes, skipped, splits); unlabelled grids have
-    label -1 and no classes."""
+    label -1 and no classes. ``keep``: what to keep of each item (all of it by default)."""
     samples = grid_samples(root)
     labelled = samples[0].label != ""
     classes = require_classes([s.label for s in samples], root) if labelled else []
@@ -232,7 +237,7 @@ def read_grids(root, skip_bad: bool) -> tuple[list[dict], list[str], list, list[
         item = prepare(load_grid(sample.path), str(sample.path), classes.index(sample.label) if labelled else -1)
         if not (item["image"][3] > NerfConfig.occupied).any():
             raise DataError(f"{sample.path}: no occupied voxel (alpha > {NerfConfig.occupied} nowhere): an empty grid")
-        return sample, item
+        return sample, keep(item) if keep else item
 
     pairs, skipped = read_each(samples, read, skip_bad, name=lambda s: str(s.path))
     return [p[1] for p in pairs], classes, skipped, [p[0].split for p in pairs]
@@ -241,6 +246,8 @@ def read_grids(root, skip_bad: bool) -> tuple[list[dict], list[str], list, list[
 def find_scenes(root) -> list[tuple[str, Path]]:
     """Posed-image scenes under ``root`` as (class, folder), class "" when unlabelled: ``root``
     itself, its sub-folders (unlabelled), or the sub-folders of its class folders (labelled)."""
+    if is_shards(str(root)):  # shards hold baked grids
+        return []
     root = Path(root)
 
     def is_scene(folder: Path) -> bool:
@@ -306,9 +313,25 @@ def bake_scenes(
     return {"scenes": str(root), "baked_scenes": baked, "cached_scenes": cached, "skipped_scenes": len(skipped)}
 
 
+def check_voxel_labels(name: str, top: int | None) -> None:
+    """--task segment: a grid needs voxel labels (``top``: its largest, None without), each a kind."""
+    if top is None:
+        raise DataError(f"{name}: no labels array; --task segment needs voxel labels")
+    if top >= len(VOXEL_CLASSES):
+        raise DataError(f"{name}: voxel label {top} beyond {', '.join(VOXEL_CLASSES)}")
+
+
+def padded_size(shapes, patch: int) -> tuple[int, int, int]:
+    """The common size grids of ``shapes`` (X, Y, Z) are padded to: the largest, a multiple of ``patch``."""
+    return tuple(math.ceil(max(shape[a] for shape in shapes) / patch) * patch for a in range(3))
+
+
 def build_domain(source: DataSource, opts: NerfOptions, baked: dict | None = None) -> DomainData:
     """Datasets, adapter config and data card for the nerf recipe; ``baked``: what ``bake_scenes``
-    returned when ``source.data`` holds the grids it baked."""
+    returned when ``source.data`` holds the grids it baked. Shards (``modalities.shards.is_shards``)
+    are streamed for pretraining."""
+    if is_shards(source.data):
+        return shard_domain(source, opts)
     if source.data is None:
         items = procedural_items(opts.scenes, opts.grid, source.seed)
         classes, splits, skipped, card = list(PRIMITIVES), [None] * len(items), [], "data_cards/nerf_procedural.md"
@@ -319,42 +342,182 @@ def build_domain(source: DataSource, opts: NerfOptions, baked: dict | None = Non
             card = f"posed-image scenes at {baked['scenes']}, baked into {source.data} (modalities/nerf/bake.py)"
     if not items:
         raise DataError(f"{source.data}: no readable grids")
-    voxels = opts.task == "segment"
-    if voxels:
+    if opts.task == "segment":
         classes = list(VOXEL_CLASSES)
         for it in items:
-            if "voxels" not in it:
-                raise DataError(f"{it['name']}: no labels array; --task segment needs voxel labels")
-            if int(it["voxels"].max()) >= len(classes):
-                raise DataError(f"{it['name']}: voxel label {int(it['voxels'].max())} beyond {', '.join(classes)}")
-    size = tuple(math.ceil(max(it["image"].shape[1 + a] for it in items) / opts.patch) * opts.patch for a in range(3))
+            check_voxel_labels(it["name"], int(it["voxels"].max()) if "voxels" in it else None)
+    size = padded_size([it["image"].shape[1:] for it in items], opts.patch)
     items = [pad_to(it, size) for it in items]
     train_idx, held_idx = held_out_split(
         [str(it["label"]) for it in items], [it["name"] for it in items], splits, source.seed
     )
     train, held = [items[i] for i in train_idx], [items[i] for i in held_idx]
-    labels = "voxels" if voxels else "scene"
     spacing = torch.stack([it["spacing"] for it in items])
-    return DomainData(
-        pretrain=GridDataset(train, augment=opts.augment),
-        finetune=GridDataset(train, augment=opts.augment, labels=labels),
-        train_eval=GridDataset(train, labels=labels),
-        held_out=GridDataset(held, labels=labels),
-        classes=classes,
-        adapter={"name": "nerf", **asdict(NerfConfig(patch=(opts.patch,) * 3, size=size))},
-        data_card=card,
-        render=render_views,
-        raw_features=None if voxels else raw_features,
-        info={
+    return assemble(
+        opts,
+        GridDataset(train, augment=opts.augment),
+        lambda: train,
+        lambda: held,
+        classes,
+        size,
+        card,
+        {
             "train_grids": len(train),
             "eval_grids": len(held),
-            "classes": classes,
-            "grid_size": list(size),
             "voxel_size_min": spacing.min(0).values.tolist(),
             "voxel_size_max": spacing.max(0).values.tolist(),
             "occupied_fraction": float(torch.stack([(it["image"][3] > 0.01).float().mean() for it in items]).mean()),
             "skipped_files": len(skipped),
             "skipped": skipped,
             **(baked or {}),
+        },
+    )
+
+
+def assemble(opts, pretrain, train: Callable[[], list], held: Callable[[], list], classes, size, card, info):
+    """The recipe's ``DomainData``; ``train`` and ``held`` return the padded items of the splits,
+    called when a stage first needs them (``OnFirstUse``)."""
+    voxels = opts.task == "segment"
+    labels = "voxels" if voxels else "scene"
+    return DomainData(
+        pretrain=pretrain,
+        finetune=OnFirstUse(lambda: GridDataset(train(), augment=opts.augment, labels=labels)),
+        train_eval=OnFirstUse(lambda: GridDataset(train(), labels=labels)),
+        held_out=OnFirstUse(lambda: GridDataset(held(), labels=labels)),
+        classes=classes,
+        adapter={"name": "nerf", **asdict(NerfConfig(patch=(opts.patch,) * 3, size=size))},
+        data_card=card,
+        render=render_views,
+        raw_features=None if voxels else raw_features,
+        info={"classes": classes, "grid_size": list(size), **info},
+    )
+
+
+# segment stores the voxel labels (checked); the padding and the augmentation come when read
+SHARD_OPTIONS = ("task",)
+
+
+def summary(item: dict) -> dict:
+    """What the writer keeps of a grid it checks: no arrays, one grid in memory at a time."""
+    return {
+        "name": item["name"],
+        "label": item["label"],
+        "shape": list(item["image"].shape[1:]),
+        "spacing": item["spacing"].tolist(),
+        "occupied": int((item["image"][3] > 0.01).sum()),
+        "top": int(item["voxels"].max()) if "voxels" in item else None,
+    }
+
+
+def write_shards(source: DataSource, opts: NerfOptions, write: Callable[[str, Iterable[dict]], list]) -> dict:
+    """Check every grid of ``source.data`` as the recipe reads it (``read_grids``: layouts, empty
+    grids, --skip-bad-files; --task segment: voxel labels), split the grids as the recipe splits them
+    and hand each split to ``write(split, samples)``, the training split as ``train`` and the
+    held-out one as ``test``, each grid read again when written. A sample is the grid's arrays as
+    ``load_grid`` gives them (rgbsigma in float16, as ``save_grid`` writes it, where that loses
+    nothing, else float32; valid, voxel_size; labels with --task segment) and {label, name}; the
+    opacity, padding and augmentation are computed when read, as from the folder. Posed-image scenes
+    are baked first (the recipe's --stage bake) and OUT/grids converted. -> what the index of the
+    shards records of the data."""
+    if find_scenes(source.data):
+        raise DataError(
+            f"{source.data}: posed-image scenes; bake them first (recipes/nerf.py --data {source.data} --stage bake) "
+            "and convert OUT/grids"
+        )
+    segment = opts.task == "segment"
+    seen, classes, skipped, splits = read_grids(source.data, source.skip_bad_files, keep=summary)
+    if not seen:
+        raise DataError(f"{source.data}: no readable grids")
+    if segment:
+        classes = list(VOXEL_CLASSES)
+        for grid in seen:
+            check_voxel_labels(grid["name"], grid["top"])
+    train_idx, held_idx = held_out_split(
+        [str(g["label"]) for g in seen], [g["name"] for g in seen], splits, source.seed
+    )
+
+    def samples(chosen: list[dict]) -> Iterator[dict]:
+        for grid in random.Random(source.seed).sample(chosen, len(chosen)):  # a stream reads them in order
+            arrays = load_grid(grid["name"])
+            rgbsigma = arrays["rgbsigma"]
+            half = rgbsigma.astype(np.float16)
+            sample = {
+                "rgbsigma.npy": half if np.array_equal(half, rgbsigma) else rgbsigma,
+                "valid.npy": arrays["valid"],
+                "voxel_size.npy": arrays["voxel_size"],
+                "json": {"label": grid["label"], "name": grid["name"]},
+            }
+            if segment:
+                sample["labels.npy"] = arrays["labels"]
+            yield sample
+
+    written = {
+        "train": write("train", samples([seen[i] for i in train_idx])),
+        "test": write("test", samples([seen[i] for i in held_idx])),
+    }
+    spacing = np.array([g["spacing"] for g in seen])
+    return {
+        "classes": classes,
+        "options": {k: getattr(opts, k) for k in SHARD_OPTIONS},
+        "data_card": f"user data at {source.data}",
+        "splits": written,
+        "skipped": skipped,
+        "grid_max": [max(g["shape"][a] for g in seen) for a in range(3)],
+        "voxel_size": [spacing.min(0).tolist(), spacing.max(0).tolist()],
+        "occupied_voxels": sum(g["occupied"] for g in seen),
+    }
+
+
+def grid_item(sample: dict, size: tuple[int, int, int]) -> dict:
+    """A shard sample (``write_shards``) -> the item the folder's file gives, padded to ``size``."""
+    grid = {"rgbsigma": sample["rgbsigma.npy"], "valid": sample["valid.npy"], "voxel_size": sample["voxel_size.npy"]}
+    if "labels.npy" in sample:
+        grid["labels"] = sample["labels.npy"]
+    return pad_to(prepare(grid, sample["json"]["name"], sample["json"]["label"]), size)
+
+
+def stream_item(sample: dict, size: tuple[int, int, int], augment: bool) -> dict:
+    """The ``decode`` of a ``ShardStream`` of grids: a sample -> its pretraining item."""
+    return GridDataset([grid_item(sample, size)], augment=augment)[0]
+
+
+def shard_domain(source: DataSource, opts: NerfOptions) -> DomainData:
+    """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``);
+    the probe and fine-tuning read the splits into memory when they start, as the folder's are."""
+    index, shards = read_index(source.data)
+    where = source.data
+    if index.get("modality") != "nerf":
+        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not nerf")
+    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
+    held = split_shards(where, index, "test")  # the folder's held-out split: its own, never --eval-data
+    if not held:
+        raise DataError(f"{where}: no held-out shards (test split) beside these")
+    size = padded_size([index["grid_max"]], opts.patch)
+
+    def items(chosen) -> list[dict]:
+        return [grid_item(s, size) for s in ShardStream(chosen, None, source.seed, source.skip_bad_files).samples()]
+
+    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
+    written = sum(s["nsamples"] for listed in index["splits"].values() for s in listed)
+    return assemble(
+        opts,
+        ShardStream(
+            shards, functools.partial(stream_item, size=size, augment=opts.augment), source.seed, source.skip_bad_files
+        ),
+        functools.cache(lambda: items(shards)),  # read once for the probe and fine-tuning
+        functools.cache(lambda: items(held)),
+        index["classes"],
+        size,
+        index["data_card"],
+        {
+            "shards": len(shards),
+            "train_grids": count(shards),
+            "eval_grids": count(held),
+            "voxel_size_min": index["voxel_size"][0],
+            "voxel_size_max": index["voxel_size"][1],
+            "occupied_fraction": index["occupied_voxels"] / (written * math.prod(size)),
         },
     )

@@ -29,6 +29,7 @@ What decord 0.6.0 does, measured by tests/test_video_io.py:
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Sequence
@@ -68,14 +69,16 @@ def _reason(error: Exception) -> str:
     return DECORD_PREFIX.sub("", str(error).splitlines()[0]).strip() or type(error).__name__
 
 
-def _open(path):
-    """decord's reader of ``path`` (no frame decoded); a ``DataError`` where it cannot be opened."""
+def _open(path, data: bytes | None = None):
+    """decord's reader of ``path``, or of the file's bytes ``data`` (a video stored in a shard;
+    ``path`` names it), no frame decoded; a ``DataError`` where it cannot be opened."""
     import decord  # imported here: decord's import is slow and only video needs it
 
-    if not Path(path).is_file():
+    if data is None and not Path(path).is_file():
         raise DataError(f"{path}: no such file")
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        source = str(path) if data is None else io.BytesIO(data)
+        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
     except (decord.DECORDError, RuntimeError) as e:
         reason = _reason(e).replace(f"[{path}]", "").strip()
         if "cannot find video stream" in reason:  # also what an mp4 video track without samples says
@@ -215,15 +218,16 @@ def segment_indices(n_frames: int, frames: int, generator: torch.Generator | Non
     return ClipIndices(positions.floor().long().clamp(0, n_frames - 1).tolist(), n_frames < frames)
 
 
-def read_clip(path, indices: Sequence[int]) -> torch.Tensor:
+def read_clip(path, indices: Sequence[int], data: bytes | None = None) -> torch.Tensor:
     """Frames ``indices`` of a video, uint8 (T, H, W, 3), decoding those frames only (with the
-    frames needed to reach them from a key frame); repeated indices are decoded once."""
+    frames needed to reach them from a key frame); repeated indices are decoded once. ``data``: the
+    file's bytes, read from memory by the same reader (``path`` then only names them)."""
     import decord
 
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError("read_clip needs at least one frame index")
-    reader = _open(path)
+    reader = _open(path, data)
     n = len(reader)
     if not all(0 <= i < n for i in indices):
         raise ValueError(f"{path}: frame indices {min(indices)}..{max(indices)} outside the video's 0..{n - 1}")
