@@ -120,6 +120,20 @@ def read_index(spec: str) -> tuple[dict, list[tuple[Path, int]]]:
     return index, shards
 
 
+def open_shards(spec: str, modality: str, opts) -> tuple[dict, list[tuple[Path, int]]]:
+    """``read_index`` of shards that the ``modality`` recipe wrote with the values ``opts`` has of
+    the options the samples depend on (the index's "options"); others stop with one line naming them."""
+    index, shards = read_index(spec)
+    if index.get("modality") != modality:
+        raise DataError(f"{spec}: shards of the {index.get('modality')} recipe, not {modality}")
+    # through JSON, as the index holds them: tuples as lists
+    changed = {k: v for k, v in index["options"].items() if json.loads(json.dumps(getattr(opts, k))) != v}
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+        raise DataError(f"{spec}: the shards were written with {flags}; run with those or convert again")
+    return index, shards
+
+
 def split_shards(index_spec: str, index: dict, split: str) -> list[tuple[Path, int]]:
     """Another split of the same folder of shards (e.g. the held-out ``test``), [] without one."""
     path = Path(index_spec)

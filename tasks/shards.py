@@ -12,6 +12,7 @@ the samples per shard, the classes, the training statistics and the options the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -74,7 +75,7 @@ def convert(modality: str, source: DataSource, opts, out: Path, shard_size: int,
         raise DataError(f"{out}: holds shards already ({INDEX}); --overwrite to replace them")
     if overwrite:
         for old in [out / INDEX, *out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")]:
-            old.unlink()
+            old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     fields = writer(modality)[1](source, opts, partial(write_split, out=out, max_bytes=shard_size))
     index = {"format": FORMAT, "modality": modality, "data": str(source.data), "seed": source.seed, **fields}
@@ -82,15 +83,19 @@ def convert(modality: str, source: DataSource, opts, out: Path, shard_size: int,
     return index
 
 
-def main(argv=None) -> None:
+def parse(argv=None) -> tuple[argparse.Namespace, DataSource, object]:
+    """The command line -> (its arguments, the data source, the modality's options)."""
     pre = argparse.ArgumentParser(add_help=False)  # the modality first: its options are part of the parser
     pre.add_argument("--modality")
-    modality = pre.parse_known_args(argv)[0].modality
-    args = build_parser(modality).parse_args(argv)
+    args = build_parser(pre.parse_known_args(argv)[0].modality).parse_args(argv)
     values = vars(args)
-    source = DataSource(**{k: values[k] for k in DataSource.__dataclass_fields__})
+    source = DataSource(**{f.name: values[f.name] for f in dataclasses.fields(DataSource)})
     options = writer(args.modality)[0]
-    opts = options(**{k: values[k] for k in options.__dataclass_fields__})
+    return args, source, options(**{f.name: values[f.name] for f in dataclasses.fields(options)})  # no ClassVars
+
+
+def main(argv=None) -> None:
+    args, source, opts = parse(argv)
     out = Path(args.out)
     index = convert(args.modality, source, opts, out, args.shard_size, args.overwrite)
     for split, shards in index["splits"].items():

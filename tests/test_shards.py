@@ -17,7 +17,7 @@ from modalities.common import DataError, DataSource
 from modalities.shards import INDEX, ShardStream, parse_size, read_index, write_split
 from modalities.ultrasound.data import UltrasoundOptions, build_domain
 from modalities.volume import data as volumes
-from tasks.shards import convert, main
+from tasks.shards import WRITERS, convert, main, parse
 from tests.test_ultrasound import write_clip
 from tests.test_volume import write_nifti
 
@@ -212,6 +212,22 @@ def test_converter__bad_input_named(tmp_path, args, message):
     with pytest.raises(DataError, match=message.replace("NOWHERE", str(tmp_path / "none"))):
         main(args)
     assert not (tmp_path / "o" / INDEX).exists()
+
+
+@pytest.mark.parametrize("modality", sorted(WRITERS))
+def test_converter__every_modality_s_options_from_the_command_line(modality, tmp_path):
+    args, source, opts = parse(["--modality", modality, "--data", "D", "--out", str(tmp_path), "--seed", "3"])
+    assert args.modality == modality and source.data == "D" and source.seed == 3
+    assert type(opts).__name__ == WRITERS[modality][1]
+
+
+def test_converter__overwrite_replaces_an_earlier_conversion_and_needs_none(folder, tmp_path):
+    convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path, parse_size("1MB"), overwrite=True)
+    (tmp_path / "train-000042.tar").write_bytes(b"an old shard")
+    index = convert("ultrasound", DataSource(data=str(folder)), OPTS, tmp_path, parse_size("1MB"), overwrite=True)
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == sorted(
+        s["url"] for ss in index["splits"].values() for s in ss
+    )
 
 
 def test_converter__command_line_writes_the_index(folder, tmp_path, capsys):

@@ -37,7 +37,7 @@ from modalities.common import (
     require_classes,
     stratified_split,
 )
-from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
 
 log = logging.getLogger(__name__)
 MULTI = ";"  # separates the labels of a multi-label item in labels.csv ("dog;rain")
@@ -575,14 +575,8 @@ def write_shards(source: DataSource, opts: AudioOptions, write: Callable[[str, I
 def shard_domain(source: DataSource, opts: AudioOptions) -> DomainData:
     """Shards written by ``write_shards``: pretraining streams crops of the training filterbanks
     (``ShardStream``); the probe and fine-tuning read the labelled splits into memory when they start."""
-    index, shards = read_index(source.data)
+    index, shards = open_shards(source.data, "audio", opts)
     where = source.data
-    if index.get("modality") != "audio":
-        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not audio")
-    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
     held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
     if not held:
         raise DataError(f"{where}: no held-out shards (test split) beside these; pass --eval-data")

@@ -50,7 +50,7 @@ from modalities.nerf.adapter import NerfConfig
 from modalities.nerf.bake import BakeConfig, bake, load_grid, write_bake
 from modalities.nerf.cameras import SceneOptions, read_scene
 from modalities.nerf.mesh import PRIMITIVES, procedural_scene
-from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, split_shards
 
 log = logging.getLogger(__name__)
 VOXEL_CLASSES = ("empty", *PRIMITIVES)  # voxel label k: VOXEL_CLASSES[k] (bake.py's ``labels`` array)
@@ -484,14 +484,8 @@ def stream_item(sample: dict, size: tuple[int, int, int], augment: bool) -> dict
 def shard_domain(source: DataSource, opts: NerfOptions) -> DomainData:
     """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``);
     the probe and fine-tuning read the splits into memory when they start, as the folder's are."""
-    index, shards = read_index(source.data)
+    index, shards = open_shards(source.data, "nerf", opts)
     where = source.data
-    if index.get("modality") != "nerf":
-        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not nerf")
-    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
     held = split_shards(where, index, "test")  # the folder's held-out split: its own, never --eval-data
     if not held:
         raise DataError(f"{where}: no held-out shards (test split) beside these")

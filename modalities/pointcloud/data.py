@@ -37,7 +37,7 @@ from modalities.pointcloud.io import (
     normalize_cloud,
     read_cloud,
 )
-from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
 
 log = logging.getLogger(__name__)
 
@@ -390,14 +390,8 @@ def shard_item(sample: dict, classes: list[str], n_points: int, augment) -> dict
 def shard_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
     """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``);
     the probe and fine-tuning read the labelled splits into memory when they start."""
-    index, shards = read_index(source.data)
+    index, shards = open_shards(source.data, "pointcloud", opts)
     where = source.data
-    if index.get("modality") != "pointcloud":
-        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not pointcloud")
-    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
     held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
     if not held:
         raise DataError(f"{where}: no held-out shards (test split) beside these; pass --eval-data")

@@ -34,7 +34,7 @@ from modalities.common import (
     stratified_split,
 )
 from modalities.image.figures import reconstruction_grid
-from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, MAX_PIXELS, read_clip, read_image
 from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset
 from modalities.ultrasound.transforms import UltrasoundAugment, resize_pair, sector_geometry
@@ -320,14 +320,8 @@ def shard_item(sample: dict, classes: list[str], size: int, augment) -> dict:
 def shard_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
     """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``);
     the probe and fine-tuning read the labelled splits into memory when they start."""
-    index, shards = read_index(source.data)
+    index, shards = open_shards(source.data, "ultrasound", opts)
     where = source.data
-    if index.get("modality") != "ultrasound":
-        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not ultrasound")
-    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
     classes, size = index["classes"], opts.image_size
     held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
     if not held:

@@ -35,7 +35,7 @@ from modalities.common import (
     read_each,
     require_classes,
 )
-from modalities.shards import ShardStream, is_shards, read_index, read_sample, split_shards
+from modalities.shards import ShardStream, is_shards, open_shards, read_index, read_sample, split_shards
 from modalities.ultrasound.transforms import sector_geometry
 from modalities.video.io import (
     SHORT,
@@ -461,14 +461,8 @@ def shard_domain(source: DataSource, opts: VideoOptions) -> DomainData:
     """Shards written by ``write_shards``: pretraining streams the training split (``ShardStream``),
     a random clip of each video decoded from its bytes; the labelled splits read each video from its
     shard when an item is asked for."""
-    index, shards = read_index(source.data)
+    index, shards = open_shards(source.data, "video", opts)
     where = source.data
-    if index.get("modality") != "video":
-        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not video")
-    changed = {k: v for k, v in index["options"].items() if getattr(opts, k) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
     held_index, held = index, split_shards(where, index, "test")
     if source.eval_data:
         held_index, held = read_index(source.eval_data)

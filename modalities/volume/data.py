@@ -31,7 +31,7 @@ from modalities.common import (
     read_each,
     require_classes,
 )
-from modalities.shards import OnFirstUse, ShardStream, is_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
 from modalities.volume.adapter import volume_config
 from modalities.volume.io import (
     EXTENSIONS,
@@ -572,14 +572,8 @@ def shard_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
     """Shards written by ``write_shards``: pretraining streams 3-D crops of the training split (one
     per volume and pass: ``--crops`` and ``--mix-2d`` concern folders); the probe and fine-tuning read
     the splits into memory when they start."""
-    index, shards = read_index(source.data)
+    index, shards = open_shards(source.data, "volumes", opts)
     where = source.data
-    if index.get("modality") != "volumes":
-        raise DataError(f"{where}: shards of the {index.get('modality')} recipe, not volumes")
-    changed = {k: v for k, v in index["options"].items() if as_json(getattr(opts, k)) != v}
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-        raise DataError(f"{where}: the shards were written with {flags}; run with those or convert again")
     if opts.mix_2d:
         raise DataError(f"{where}: --mix-2d needs a folder of volumes; shards stream 3-D crops")
     held = read_index(source.eval_data)[1] if source.eval_data else split_shards(source.data, index, "test")
