@@ -2,7 +2,7 @@
 (``modalities.shards.ShardStream``) against the same files read as loose files, and both against
 what a pretraining step of the recipe's default model consumes.
 
-    ./mae.sh exec python benchmarks/streaming.py [--data DIR] [--workers 2] [--batch 32] [--rounds 3]
+    ./mae.sh exec python benchmarks/streaming.py [--modality both] [--workers auto] [--batch N] [--rounds 3]
 
 ``--data`` (default: BUSI in $MAE_SHARED_DATA/ultrasound/busi_256) is converted once into shards
 (``python -m tasks.shards``, timed). Both loaders do per item what pretraining does: the loose one
@@ -45,7 +45,7 @@ from modalities.ultrasound.data import (
 from modalities.ultrasound.transforms import UltrasoundAugment, sector_geometry
 from modalities.volume import data as volumes
 from modalities.volume.data import VolumeOptions
-from tasks.options import PretrainOptions
+from tasks.options import PretrainOptions, RunOptions
 from tasks.pretrain import model_config
 from tasks.shards import convert
 
@@ -196,10 +196,16 @@ def main():
     parser.add_argument("--data", help="a labelled image folder (default: BUSI in $MAE_SHARED_DATA)")
     parser.add_argument("--volumes", type=Path, help="a labelled NIfTI folder (default: CT-like volumes written here)")
     parser.add_argument("--n-volumes", type=int, default=48, help="volumes written without --volumes")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of each loader")
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="DataLoader workers of each loader; auto: what a recipe's --workers auto gives one process here",
+    )
     parser.add_argument("--batch", type=int, help="default: the recipe's (32 frames, 16 volumes)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    gpu = torch.cuda.is_available()
+    args.workers = RunOptions(workers=args.workers).data_workers(1, gpu)
     chosen = ("ultrasound", "volumes") if args.modality == "both" else (args.modality,)
     for name in chosen:
         with tempfile.TemporaryDirectory() as tmp:
