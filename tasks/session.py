@@ -18,8 +18,8 @@ from foundations.mae import DecoderConfig
 from foundations.train import FitResult, Seeded, TrainConfig, fit
 from foundations.vit import EncoderConfig
 from modalities import hub, is_foreign
-from modalities.shards import ShardStream
 from modalities.convert import import_checkpoint
+from modalities.shards import ShardStream
 from tasks.options import RunOptions
 
 log = logging.getLogger(__name__)
