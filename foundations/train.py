@@ -169,15 +169,20 @@ class Seeded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         key = derive_seed(self.seed, self.epoch, i)
-        # the CPU generators items are drawn with; accelerate's set_seed also seeds every device's,
-        # ten times the cost, and paid per item
-        torch.default_generator.manual_seed(key)
-        np.random.seed(key)
-        random.seed(key)
-        if hasattr(self.dataset, "reseed"):
-            self.dataset.reseed(key)
+        seed_draws(key, self.dataset)
         item = self.dataset[i]
         return {**item, "key": key} if isinstance(item, dict) else item
+
+
+def seed_draws(key: int, source=None) -> None:
+    """Seed the generators an item is drawn with from ``key``: torch's, NumPy's and Python's CPU
+    generators (accelerate's set_seed also seeds every device's, ten times the cost, paid per item)
+    and ``source``'s own, through an optional ``reseed(key)`` (e.g. MONAI's random transforms)."""
+    torch.default_generator.manual_seed(key)
+    np.random.seed(key)
+    random.seed(key)
+    if hasattr(source, "reseed"):
+        source.reseed(key)
 
 
 def set_epoch(loader, epoch: int) -> None:

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from foundations.train import derive_seed
+from foundations.train import derive_seed, seed_draws
 from modalities.common import DataError
 
 log = logging.getLogger(__name__)
@@ -115,9 +114,13 @@ def read_index(spec: str) -> tuple[dict, list[tuple[Path, int]]]:
         if not name.is_file():
             raise DataError(f"{name}: shard not found")
         shards.append((name, known[name.name][1]))
-    if not shards or not sum(n for _, n in shards):
+    if not samples_in(shards):
         raise DataError(f"{spec}: no samples in these shards")
     return index, shards
+
+
+def samples_in(shards: list[tuple[Path, int]]) -> int:
+    return sum(n for _, n in shards)
 
 
 def open_shards(spec: str, modality: str, opts) -> tuple[dict, list[tuple[Path, int]]]:
@@ -200,7 +203,7 @@ class ShardStream(IterableDataset):
 
     @property
     def total(self) -> int:
-        return sum(n for _, n in self.shards)
+        return samples_in(self.shards)
 
     def split(self, rank: int, world: int, batch: int) -> ShardStream:
         stream = copy.copy(self)
@@ -235,16 +238,12 @@ class ShardStream(IterableDataset):
                 yield self.item(shards, ends, position)
 
     def item(self, shards, ends, position: int) -> dict:
+        key = derive_seed(self.seed, self.epoch, position)
         for tried in range(self.total):
             at = (position + tried) % self.total
             s = bisect.bisect_right(ends, at)
             shard, n = shards[s]
-            key = derive_seed(self.seed, self.epoch, position)
-            torch.default_generator.manual_seed(key)
-            np.random.seed(key)
-            random.seed(key)
-            if hasattr(self.decode, "reseed"):  # generators of its own (MONAI's random transforms)
-                self.decode.reseed(key)
+            seed_draws(key, self.decode)  # again for a stand-in: it draws as the bad sample would have
             try:
                 item = self.decode(read_sample(shard, at - (ends[s] - n), n))
             except DataError as e:

@@ -37,7 +37,7 @@ from modalities.common import (
     require_classes,
     stratified_split,
 )
-from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, samples_in, split_shards
 
 log = logging.getLogger(__name__)
 MULTI = ";"  # separates the labels of a multi-label item in labels.csv ("dog;rain")
@@ -591,8 +591,7 @@ def shard_domain(source: DataSource, opts: AudioOptions) -> DomainData:
         return AudioDataset(features, labels, classes, groups, splits, opts.frames, None, multi)
 
     decode = AudioStream([], [], classes, [], [], opts.frames, SpecAugment(), multi)
-    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
-    info = {"shards": len(shards), "train_clips": count(shards), "eval_clips": count(held)}
+    info = {"shards": len(shards), "train_clips": samples_in(shards), "eval_clips": samples_in(held)}
     info |= {k: index[k] for k in ("held_out_sources", "short_clips_padded")}
     return assemble(
         opts,

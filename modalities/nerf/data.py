@@ -50,7 +50,7 @@ from modalities.nerf.adapter import NerfConfig
 from modalities.nerf.bake import BakeConfig, bake, load_grid, write_bake
 from modalities.nerf.cameras import SceneOptions, read_scene
 from modalities.nerf.mesh import PRIMITIVES, procedural_scene
-from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, samples_in, split_shards
 
 log = logging.getLogger(__name__)
 VOXEL_CLASSES = ("empty", *PRIMITIVES)  # voxel label k: VOXEL_CLASSES[k] (bake.py's ``labels`` array)
@@ -494,7 +494,6 @@ def shard_domain(source: DataSource, opts: NerfOptions) -> DomainData:
     def items(chosen) -> list[dict]:
         return [grid_item(s, size) for s in ShardStream(chosen, None, source.seed, source.skip_bad_files).samples()]
 
-    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
     written = sum(s["nsamples"] for listed in index["splits"].values() for s in listed)
     return assemble(
         opts,
@@ -508,8 +507,8 @@ def shard_domain(source: DataSource, opts: NerfOptions) -> DomainData:
         index["data_card"],
         {
             "shards": len(shards),
-            "train_grids": count(shards),
-            "eval_grids": count(held),
+            "train_grids": samples_in(shards),
+            "eval_grids": samples_in(held),
             "voxel_size_min": index["voxel_size"][0],
             "voxel_size_max": index["voxel_size"][1],
             "occupied_fraction": index["occupied_voxels"] / (written * math.prod(size)),

@@ -37,7 +37,7 @@ from modalities.pointcloud.io import (
     normalize_cloud,
     read_cloud,
 )
-from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, samples_in, split_shards
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,6 @@ def shard_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
         labels = [sample["json"]["label"] for sample in samples]
         return CloudDataset([torch.from_numpy(sample["points.npy"]) for sample in samples], labels, classes, n)
 
-    count = lambda chosen: sum(k for _, k in chosen)  # noqa: E731
     return assemble(
         opts,
         ShardStream(
@@ -414,7 +413,7 @@ def shard_domain(source: DataSource, opts: PointCloudOptions) -> DomainData:
         OnFirstUse(lambda: clouds(held)),
         classes,
         index["data_card"],
-        {"shards": len(shards), "train_clouds": count(shards), "eval_clouds": count(held)},
+        {"shards": len(shards), "train_clouds": samples_in(shards), "eval_clouds": samples_in(held)},
     )
 
 

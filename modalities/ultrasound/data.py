@@ -34,7 +34,7 @@ from modalities.common import (
     stratified_split,
 )
 from modalities.image.figures import reconstruction_grid
-from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, samples_in, split_shards
 from modalities.ultrasound.io import CLIP_EXTENSIONS, IMAGE_EXTENSIONS, MAX_PIXELS, read_clip, read_image
 from modalities.ultrasound.phantom import PHANTOM_CLASSES, phantom_dataset
 from modalities.ultrasound.transforms import UltrasoundAugment, resize_pair, sector_geometry
@@ -338,7 +338,6 @@ def shard_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
         return FrameDataset(frames, sectors, labels, sources, classes, size, None)
 
     decode = functools.partial(shard_item, classes=classes, size=size, augment=UltrasoundAugment(size))
-    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
     return assemble(
         opts,
         ShardStream(shards, decode, source.seed, source.skip_bad_files),
@@ -347,5 +346,5 @@ def shard_domain(source: DataSource, opts: UltrasoundOptions) -> DomainData:
         classes,
         index["statistics"],
         index["data_card"],
-        {"shards": len(shards), "train_frames": count(shards), "eval_frames": count(held)},
+        {"shards": len(shards), "train_frames": samples_in(shards), "eval_frames": samples_in(held)},
     )

@@ -31,7 +31,7 @@ from modalities.common import (
     read_each,
     require_classes,
 )
-from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, split_shards
+from modalities.shards import OnFirstUse, ShardStream, is_shards, open_shards, read_index, samples_in, split_shards
 from modalities.volume.adapter import volume_config
 from modalities.volume.io import (
     EXTENSIONS,
@@ -587,7 +587,6 @@ def shard_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
     stream = ShardStream(
         shards, VolumeStream([], pipeline(pipe, "pretrain", segment, source.seed)), source.seed, source.skip_bad_files
     )
-    count = lambda chosen: sum(n for _, n in chosen)  # noqa: E731
     low, high = index["spacing_mm"]
     return assemble(
         opts,
@@ -602,8 +601,8 @@ def shard_domain(source: DataSource, opts: VolumeOptions) -> DomainData:
         None,
         {
             "shards": len(shards),
-            "train_volumes": count(shards),
-            "eval_volumes": count(held),
+            "train_volumes": samples_in(shards),
+            "eval_volumes": samples_in(held),
             "spacing_min_mm": low,
             "spacing_max_mm": high,
         },
