@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import math
@@ -55,6 +56,10 @@ def run_main(main: Callable[[], None]) -> None:
     """Run a recipe; bad data, checkpoints, contradicting options or a diverging loss end with one
     clear line, exit code 2. Our packages' log lines (files resampled, skipped, set aside) go to
     stderr, from the first process only below warnings; other libraries keep their own levels."""
+    # The objects of the modules imported by now live as long as the process: frozen, they are left
+    # out of every garbage collection, such as the one Accelerate's ``free_memory`` runs before each
+    # stage, which would otherwise scan them each time (0.25 s on a 2-core CPU).
+    gc.freeze()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("foundations", "modalities", "tasks"):

@@ -68,12 +68,14 @@ def recipe_command(
     recipe: str,
     *args,
     processes: int = 1,
-    direct: bool = False,
+    direct: bool | None = None,
     threads: int | None = None,
     machine: tuple[int, int, int] | None = None,
 ) -> tuple[list[str], dict]:
     """The command line and environment of ``accelerate launch --quiet recipes/<recipe>.py ARGS``
-    (``--multi_gpu`` for several processes), or of plain ``python`` with ``direct``; ``threads``
+    (``--multi_gpu`` for several processes), or of plain ``python`` with ``direct``, the default for
+    one process: the launcher only sets the environment Accelerate reads and would cost the suite
+    2 s of imports per run (``./mae.sh main`` launches one process as users do); ``threads``
     per process, by default the two cores shared among the processes (all ``processes`` of the job).
     ``machine``: (machines, this one's rank, port), one launch of a job over several "machines"
     that meet at 127.0.0.1 on that port, ``processes`` being the job's total."""
@@ -95,6 +97,7 @@ def recipe_command(
     # a port of its own: two launches side by side (tests/test_resume.py) must not both take 29500
     launcher += ["--multi_gpu", "--main_process_port", str(port)] if processes > 1 else []
     launcher += ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"] if machines > 1 else []
+    direct = processes == machines == 1 if direct is None else direct
     launcher = [sys.executable] if direct else launcher
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, 2 // processes)), "PYTHONUNBUFFERED": "1"}
     script = ROOT / recipe if recipe.endswith(".py") else ROOT / "recipes" / f"{recipe}.py"  # a recipe or a script
@@ -102,7 +105,7 @@ def recipe_command(
 
 
 def launch_recipe(
-    recipe: str, *args, processes: int = 1, check: bool = True, direct: bool = False, threads: int | None = None
+    recipe: str, *args, processes: int = 1, check: bool = True, direct: bool | None = None, threads: int | None = None
 ):
     """Run ``recipe_command`` to the end; returns the finished process."""
     command, env = recipe_command(recipe, *args, processes=processes, direct=direct, threads=threads)

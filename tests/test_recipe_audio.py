@@ -46,10 +46,10 @@ def test_bad_clip_is_named_and_skip_bad_files_counts_it(tmp_path):
             sf.write(data / cls / f"{i}.wav", 0.3 * np.sin(2 * np.pi * (300 + 200 * i) * t), 8000)
     (data / "b" / "broken.wav").write_bytes(b"RIFF" + b"\x00" * 40)
     args = [*SMALL, "--data", data, "--out", tmp_path / "out", "--max-steps", "2", "--stage", "pretrain"]
-    proc = launch_recipe("audio", *args, check=False, direct=True)
+    proc = launch_recipe("audio", *args, check=False)
     assert proc.returncode == 2 and "broken.wav: cannot read audio" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    launch_recipe("audio", *args, "--skip-bad-files", direct=True)
+    launch_recipe("audio", *args, "--skip-bad-files")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data/skipped_files"] == 1 and metrics["data/skipped"][0][0].endswith("broken.wav")
 
@@ -67,7 +67,7 @@ def test_multi_label_run_reports_mean_average_precision(tmp_path):
     out = tmp_path / "out"
     stages = "pretrain,probe,finetune,extract"
     args = ["--data", data, "--out", out, "--max-steps", "4", "--frames", "96", "--stage", stages]
-    launch_recipe("audio", *SMALL, *args, direct=True)
+    launch_recipe("audio", *SMALL, *args)
     metrics = json.loads((out / "metrics.json").read_text())
     rows = json.loads((out / "features.json").read_text())["rows"]  # extract names each row's labels as written
     assert sorted({r["label"] for r in rows}) == ["high", "low", "low;high", "low;mid", "mid", "mid;high"]
@@ -86,7 +86,7 @@ def test_fsdd_with_a_speaker_held_out_learns(tmp_path, shared):
     args = ["--data", shared / "audio" / "fsdd_recordings", "--split-by", "speaker", "--frames", "64"]
     args += ["--preset", "mini", "--lr", "8e-3", "--max-steps", "500", "--finetune-steps", "300", "--out", out]
     args += ["--probe", "linear"]  # the figures checked
-    launch_recipe("audio", *args, direct=True)
+    launch_recipe("audio", *args)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["data/held_out_sources"]) == 1 and metrics["data/eval_clips"] == 500
     assert metrics["pretrain/eval_loss"] < 0.8 * metrics["pretrain/eval_loss_patch_mean"], metrics

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.e2e
 )
 def test_evaluate_probes_an_encoder_of_any_modality_beside_its_baselines(tmp_path, recipe, options):
     small = ["--preset", "micro", "--batch-size", "8", *options]
-    launch_recipe(recipe, *small, "--stage", "pretrain", "--max-steps", "2", "--out", tmp_path / "pre", direct=True)
+    launch_recipe(recipe, *small, "--stage", "pretrain", "--max-steps", "2", "--out", tmp_path / "pre")
     out = tmp_path / "eval"
     args = ["--encoder", tmp_path / "pre" / "encoder", *small, "--probe", "knn,ep", "--probe-steps", "4"]
-    launch_recipe("evaluate", *args, "--out", out, direct=True)
+    launch_recipe("evaluate", *args, "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "pretrain/loss_first" not in metrics and not any(k.startswith("finetune") for k in metrics)
     for stage in ("probe_knn", "probe_ep", "probe_knn_random_init", "probe_ep_random_init", "probe_knn_raw_input"):
@@ -35,7 +35,7 @@ def test_evaluate_probes_an_encoder_of_any_modality_beside_its_baselines(tmp_pat
 
 
 def test_evaluate_refuses_a_folder_without_an_encoder(tmp_path):
-    proc = launch_recipe("evaluate", "--encoder", tmp_path, check=False, direct=True)
+    proc = launch_recipe("evaluate", "--encoder", tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path}: not an encoder folder of this suite (no readable config.json with an adapter); "

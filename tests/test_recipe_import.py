@@ -39,9 +39,7 @@ def mae_file(tmp_path_factory):
 def test_ultrasound_fine_tunes_from_a_foreign_mae_file(tmp_path, mae_file):
     path, vit = mae_file
     out = tmp_path / "run"
-    proc = launch_recipe(
-        "ultrasound", *SMALL, "--encoder", path, "--stage", "probe,finetune", "--out", out, direct=True
-    )
+    proc = launch_recipe("ultrasound", *SMALL, "--encoder", path, "--stage", "probe,finetune", "--out", out)
     assert "3-channel stem folded into 1 channel" in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["probe/balanced_accuracy"] <= 1 and 0 <= metrics["finetune/balanced_accuracy"] <= 1
@@ -62,7 +60,7 @@ def test_pretraining_continues_from_a_foreign_mae_file(tmp_path, mae_file):
     path, _ = mae_file
     out = tmp_path / "run"
     proc = launch_recipe(
-        "ultrasound", *SMALL, "--encoder", path, "--stage", "pretrain", "--max-steps", "2", "--out", out, direct=True
+        "ultrasound", *SMALL, "--encoder", path, "--stage", "pretrain", "--max-steps", "2", "--out", out
     )
     assert "--preset tiny ignored" in proc.stderr and "with a fresh decoder" in proc.stderr  # the stem is grey now
     metrics = json.loads((out / "metrics.json").read_text())
@@ -91,7 +89,7 @@ def test_video_pretraining_continues_with_the_decoder_of_a_hugging_face_videomae
     out = tmp_path / "run"
     args = ["--frames", "8", "--stride", "2", "--size", "32", "--per-class", "4", "--batch-size", "8"]
     args += ["--stage", "pretrain", "--max-steps", "2", "--encoder", tmp_path / "videomae", "--out", out]
-    proc = launch_recipe("video", *args, direct=True)
+    proc = launch_recipe("video", *args)
     assert "with its MAE decoder" in proc.stderr and "continuing from" in proc.stderr, proc.stderr[-2000:]
     imported = json.loads((out / "imported_encoder" / "config.json").read_text())
     continued = json.loads((out / "encoder" / "config.json").read_text())
@@ -105,7 +103,7 @@ def test_video_pretraining_continues_with_the_decoder_of_a_hugging_face_videomae
 def test_a_2d_checkpoint_into_the_video_recipe_fails_with_one_line(tmp_path, mae_file):
     path, _ = mae_file
     args = ["--frames", "4", "--size", "32", "--per-class", "4", "--stage", "probe", "--encoder", path]
-    proc = launch_recipe("video", *args, "--out", tmp_path / "run", check=False, direct=True)
+    proc = launch_recipe("video", *args, "--out", tmp_path / "run", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

@@ -50,10 +50,10 @@ def test_baked_grids_in_class_folders_and_a_broken_one(tmp_path):
     write_grids(data)
     (data / "a" / "broken.npz").write_bytes(b"not a zip")
     args = [*SMALL, "--data", data, "--max-steps", "2", "--out", tmp_path / "out"]
-    proc = launch_recipe("nerf", *args, check=False, direct=True)
+    proc = launch_recipe("nerf", *args, check=False)
     assert proc.returncode == 2 and "broken.npz: not a readable .npz grid" in proc.stderr
     assert "Traceback" not in proc.stderr
-    launch_recipe("nerf", *args, "--skip-bad-files", "--overwrite", "--stage", "pretrain", direct=True)
+    launch_recipe("nerf", *args, "--skip-bad-files", "--overwrite", "--stage", "pretrain")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data/skipped_files"] == 1 and metrics["data/train_grids"] + metrics["data/eval_grids"] == 8
     assert metrics["data/classes"] == ["a", "b"]
@@ -98,7 +98,7 @@ def test_posed_scenes_bake_once_into_class_folders_then_train(tmp_path):
     for i, (kind, scene) in enumerate([("round", "a"), ("round", "b"), ("square", "c"), ("square", "d")]):
         posed_scene(data / kind / scene, seed=i)
     bake_args = ["--data", data, "--out", out, "--bake-grid", "8", "--bake-steps", "60", "--bake-downscale", "2"]
-    proc = launch_recipe("nerf", *bake_args, "--stage", "bake", direct=True)
+    proc = launch_recipe("nerf", *bake_args, "--stage", "bake")
     assert "4 scenes baked, 0 cached, 0 skipped" in proc.stderr and not (out / "metrics.json").exists()
     grids = sorted(p.relative_to(out / "grids").as_posix() for p in (out / "grids").rglob("*.npz"))
     assert grids == ["round/a.npz", "round/b.npz", "square/c.npz", "square/d.npz"]
@@ -109,7 +109,7 @@ def test_posed_scenes_bake_once_into_class_folders_then_train(tmp_path):
 
     # other stages on the same scenes: the grids are taken from OUT/grids, not baked again
     args = [*SMALL[:4], "--patch", "4", "--stage", "pretrain", "--max-steps", "2"]
-    launch_recipe("nerf", *bake_args, *args, direct=True)
+    launch_recipe("nerf", *bake_args, *args)
     assert {p: p.stat().st_mtime_ns for p in (out / "grids").rglob("*.npz")} == baked
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["data/cached_scenes"], metrics["data/baked_scenes"]) == (4, 0)

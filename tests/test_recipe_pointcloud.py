@@ -112,6 +112,6 @@ def test_bad_cloud_is_named(tmp_path):
         (data / cls).mkdir(parents=True)
         np.save(data / cls / "ok.npy", np.random.default_rng(0).normal(size=(64, 3)))
     np.save(data / "b" / "flat.npy", np.full((64, 3), 0.5))
-    proc = launch(*SMALL, "--data", data, "--out", tmp_path / "out", check=False, direct=True)
+    proc = launch(*SMALL, "--data", data, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "flat.npy: degenerate point cloud" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

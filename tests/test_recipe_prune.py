@@ -17,14 +17,14 @@ SMALL = ["--preset", "micro", "--image-size", "32", "--phantom-per-class", "8", 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     out = tmp_path_factory.mktemp("pre")
-    launch_recipe("ultrasound", *SMALL, "--stage", "pretrain", "--max-steps", "2", "--out", out, direct=True)
+    launch_recipe("ultrasound", *SMALL, "--stage", "pretrain", "--max-steps", "2", "--out", out)
     return out / "encoder"
 
 
 def test_prune_saves_the_encoder_without_its_lowest_entropy_block_and_reports_every_method(tmp_path, encoder):
     out = tmp_path / "prune"
     args = ["--encoder", encoder, *SMALL, "--ratio", "0.5", "--ratios", "0,0.5", "--probe-steps", "4"]
-    launch_recipe("prune", *args, "--recover-steps", "2", "--out", out, direct=True)
+    launch_recipe("prune", *args, "--recover-steps", "2", "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "pruned_encoder" / "config.json").read_text())
     removed = metrics["prune/removed_blocks"]
@@ -49,5 +49,5 @@ def test_prune_saves_the_encoder_without_its_lowest_entropy_block_and_reports_ev
 )
 def test_prune_refuses_impossible_ratios_with_one_line(tmp_path, encoder, flags, message):
     args = ["--encoder", encoder, *SMALL, *flags, "--ratios", "0", "--probe-steps", "2", "--out", tmp_path]
-    proc = launch_recipe("prune", *args, check=False, direct=True)
+    proc = launch_recipe("prune", *args, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message.format(encoder=encoder))

@@ -1,5 +1,5 @@
-"""Real runs of the ultrasound recipe: launched through ``accelerate launch`` (two processes
-included), on the phantom, BUSI and bad inputs, checking the files the runs leave behind."""
+"""Real runs of the ultrasound recipe (two processes through ``accelerate launch``, one as plain
+``python``), on the phantom, BUSI and bad inputs, checking the files the runs leave behind."""
 
 import json
 from pathlib import Path
@@ -94,12 +94,12 @@ def test_two_process_run_writes_every_output(tmp_path):
 
 def test_a_second_run_into_a_folder_with_checkpoints_stops_and_resume_must_keep_the_schedule(tmp_path):
     out = tmp_path / "run"
-    launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out), direct=True)
-    again = launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out), check=False, direct=True)
+    launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out))
+    again = launch(*SMALL, "--stage", "pretrain", "--max-steps", "4", "--out", str(out), check=False)
     assert again.returncode == 2
     assert "holds checkpoints of an earlier run; --resume to continue it, --overwrite to start over" in again.stderr
     longer = [*SMALL, "--stage", "pretrain", "--max-steps", "8", "--out", str(out), "--resume"]
-    changed = launch(*longer, check=False, direct=True)
+    changed = launch(*longer, check=False)
     assert changed.returncode == 2 and "max_steps 4 -> 8" in changed.stderr.strip().splitlines()[-1]
 
 
@@ -112,16 +112,16 @@ def test_probe_and_finetune_from_a_saved_encoder(tmp_path):
 
 def test_crossmae_decoder_is_the_default_and_a_saved_mae_decoder_continues_as_it_was(tmp_path):
     args = [*SMALL, "--stage", "pretrain", "--max-steps", "4"]
-    launch(*args, "--out", tmp_path / "fast", direct=True)
+    launch(*args, "--out", tmp_path / "fast")
     model = yaml.safe_load((tmp_path / "fast" / "config.yaml").read_text())["model"]
     assert (model["decoder"]["kind"], model["decoder"]["mix"], model["mask"]["predict_ratio"]) == ("cross", True, 0.25)
     saved = json.loads((tmp_path / "fast" / "encoder" / "config.json").read_text())["decoder"]
     assert (saved["kind"], saved["mix"]) == ("cross", True)
-    launch(*args, "--decoder", "self", "--predict-ratio", "all", "--out", tmp_path / "mae", direct=True)
+    launch(*args, "--decoder", "self", "--predict-ratio", "all", "--out", tmp_path / "mae")
     model = yaml.safe_load((tmp_path / "mae" / "config.yaml").read_text())["model"]
     assert (model["decoder"]["kind"], model["mask"]["predict_ratio"]) == ("self", None)
     # continued with the default --decoder: the saved MAE decoder goes on, weights and all
-    proc = launch(*args, "--encoder", tmp_path / "mae" / "encoder", "--out", tmp_path / "more", direct=True)
+    proc = launch(*args, "--encoder", tmp_path / "mae" / "encoder", "--out", tmp_path / "more")
     assert "with its MAE decoder" in proc.stderr
     again = json.loads((tmp_path / "more" / "encoder" / "config.json").read_text())["decoder"]
     assert again == json.loads((tmp_path / "mae" / "encoder" / "config.json").read_text())["decoder"]
@@ -166,7 +166,7 @@ def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
         if case == "wrong_encoder":
             rgb = build_adapter({"name": "ultrasound", "channels": 3, "mean": [0.5], "std": [0.2]}, 32)
             save_pretrained(Encoder(rgb, EncoderConfig(32, 1, 2)), tmp_path / "enc")
-    proc = launch(*args, check=False, direct=True)
+    proc = launch(*args, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: " in proc.stderr and message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -210,7 +210,6 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         "--out",
         str(out),
         check=False,
-        direct=True,
     )
     assert proc.returncode == 2 and "loss is not finite" in proc.stderr, proc.stderr[-2000:]
     kept = sorted((out / "checkpoints" / "pretrain").glob("step_*/trainer.json"))

@@ -41,7 +41,7 @@ def test_two_process_run_writes_every_output_and_extracts_features(tmp_path):
     encoder = load_encoder(out / "encoder")  # any clip length and size, no position table to stretch
     assert encoder(torch.rand(2, 3, 12, 96, 64)).tokens.shape == (2, 6 * 6 * 4, 64)
 
-    launch_recipe("video", *args, "--stage", "extract", "--tokens", "--out", out, direct=True)
+    launch_recipe("video", *args, "--stage", "extract", "--tokens", "--out", out)
     index = json.loads((out / "features.json").read_text())
     tensors = load_file(out / "features.safetensors")
     assert len(index["rows"]) == 48 and tensors["tokens"].shape[1] == 64
@@ -56,10 +56,10 @@ def test_bad_video_is_named_and_skip_bad_files_counts_it(tmp_path):
     broken = data / "left" / "broken.mp4"
     broken.write_bytes(clips[0][0].read_bytes()[:200])
     args = [*SMALL, "--data", data, "--max-steps", "2", "--stage", "pretrain", "--no-flip"]
-    proc = launch_recipe("video", *args, "--out", tmp_path / "a", check=False, direct=True)
+    proc = launch_recipe("video", *args, "--out", tmp_path / "a", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {broken}:")
-    launch_recipe("video", *args, "--skip-bad-files", "--out", tmp_path / "b", direct=True)
+    launch_recipe("video", *args, "--skip-bad-files", "--out", tmp_path / "b")
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["data/skipped_files"] == 1
 
 
@@ -78,9 +78,9 @@ def test_clips_tell_motions_that_single_frames_cannot(tmp_path):
 
     def pretrain_and_probe(name):
         out = tmp_path / name
-        launch_recipe("video", *common, *runs[name], "--stage", "pretrain", "--out", out, direct=True, threads=1)
+        launch_recipe("video", *common, *runs[name], "--stage", "pretrain", "--out", out, threads=1)
         args = (*common, *runs[name], "--stage", "probe", "--out", out, "--probe-baselines", "--probe", "linear")
-        launch_recipe("video", *args, direct=True, threads=1)
+        launch_recipe("video", *args, threads=1)
         return json.loads((out / "metrics.json").read_text())
 
     with ThreadPoolExecutor(2) as pool:
@@ -111,9 +111,7 @@ def test_pocus_cine_loops_pretrain_as_grey_tubes_inside_their_sectors_and_probe(
     out = tmp_path / "run"
     data = pocus_clips(shared, tmp_path / "pocus")
     args = [*SMALL, "--data", data, "--ultrasound", "--size", "64", "--frames", "8", "--stride", "4"]
-    launch_recipe(
-        "video", *args, "--max-steps", "4", "--finetune-steps", "2", "--probe", "linear", "--out", out, direct=True
-    )
+    launch_recipe("video", *args, "--max-steps", "4", "--finetune-steps", "2", "--probe", "linear", "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/train_videos"] + metrics["data/eval_videos"] == 44
     assert metrics["data/sectors"] == {"fan": 37, "linear": 7}  # the convex and the linear probe's clips

@@ -89,7 +89,7 @@ def test_unlabelled_mni152_pretrains_and_the_probe_says_it_needs_labels(shared, 
     launch(*common, "--stage", "pretrain", "--max-steps", "3", "--patch", "8")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/classes"] == [] and metrics["pretrain/steps"] == 3
-    proc = launch(*common, "--stage", "probe", "--patch", "8", check=False, direct=True)
+    proc = launch(*common, "--stage", "probe", "--patch", "8", check=False)
     assert proc.returncode == 2 and "mni152_nilearn: the data has no labels" in proc.stderr, proc.stderr[-2000:]
 
 
@@ -131,7 +131,7 @@ def test_bad_volume_is_named_and_earlier_results_are_kept(tmp_path, bad, message
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text('{"pretrain/loss_last": 0.5}')
-    proc = launch(*SMALL, "--data", data, "--out", out, "--roi", "16", check=False, direct=True)
+    proc = launch(*SMALL, "--data", data, "--out", out, "--roi", "16", check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert json.loads((out / "metrics.json").read_text()) == {"pretrain/loss_last": 0.5}

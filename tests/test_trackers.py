@@ -37,7 +37,7 @@ def test_log_with_tensorboard__event_files_hold_the_logged_scalars_figures_and_p
 
 def test_log_with_none__writes_no_tracker_folder(tmp_path):
     out = tmp_path / "run"
-    launch_recipe("ultrasound", *TINY, "--max-steps", "1", "--out", out, direct=True)
+    launch_recipe("ultrasound", *TINY, "--max-steps", "1", "--out", out)
     assert (out / "log.jsonl").is_file() and not (out / "trackers").exists()
 
 
@@ -45,9 +45,7 @@ def test_log_with__a_tracker_not_installed_stops_with_one_line_naming_its_packag
     absent = [name for name in ("mlflow", "wandb") if importlib.util.find_spec(name) is None]
     if not absent:
         pytest.fail("mlflow and wandb are both installed here: this test needs one of them absent")
-    proc = launch_recipe(
-        "ultrasound", *TINY, "--log-with", absent[0], "--out", tmp_path / "run", check=False, direct=True
-    )
+    proc = launch_recipe("ultrasound", *TINY, "--log-with", absent[0], "--out", tmp_path / "run", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: --log-with {absent[0]} needs the {absent[0]} package: pip install {absent[0]}" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
