@@ -84,13 +84,13 @@ def test_fsdd_with_a_speaker_held_out_learns(tmp_path, shared):
     pooled filterbank (the raw-input baseline) by a clear margin."""
     out = tmp_path / "fsdd"
     args = ["--data", shared / "audio" / "fsdd_recordings", "--split-by", "speaker", "--frames", "64"]
-    args += ["--preset", "mini", "--lr", "8e-3", "--max-steps", "500", "--finetune-steps", "300", "--out", out]
+    args += ["--preset", "mini", "--lr", "8e-3", "--max-steps", "400", "--finetune-steps", "200", "--out", out]
     args += ["--probe", "linear"]  # the figures checked
     launch_recipe("audio", *args)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["data/held_out_sources"]) == 1 and metrics["data/eval_clips"] == 500
     assert metrics["pretrain/eval_loss"] < 0.8 * metrics["pretrain/eval_loss_patch_mean"], metrics
     assert metrics["probe/balanced_accuracy"] > 0.1 + 0.15, metrics  # ten digits: chance is 0.1
-    # seed 0: fine-tune 0.62 against 0.49 (0.13 above it; the held-out speaker's 500 clips put the
-    # standard error near 0.02)
+    # seed 0: fine-tune 0.72 against 0.47 (0.25 above it; the held-out speaker's 500 clips put the
+    # standard error near 0.02); the probe 0.48
     assert metrics["finetune/balanced_accuracy"] > metrics["probe_raw_input/balanced_accuracy"] + 0.1, metrics

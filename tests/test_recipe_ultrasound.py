@@ -171,7 +171,7 @@ def test_bad_inputs_end_with_a_clear_error(tmp_path, case, message):
     assert "error: " in proc.stderr and message in proc.stderr
     assert "Traceback" not in proc.stderr
     if case == "empty":  # through the launcher: the same one line, no launcher traceback
-        proc = launch(*args, check=False)
+        proc = launch(*args, check=False, direct=False)
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
