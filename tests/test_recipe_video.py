@@ -67,7 +67,7 @@ def test_clips_tell_motions_that_single_frames_cannot(tmp_path):
     """The built-in motions from 8-frame clips against single frames of the same videos (--stride
     16 writes the same 16-frame videos as 8 frames at stride 2), each encoder pretrained for the
     same 50 steps, the two runs side by side on one thread each; 80 held-out clips, chance 0.125.
-    Measured: clips 0.42, frames 0.14. A random video encoder reads as much (0.51, printed here),
+    Measured: clips 0.42, frames 0.14. A random video encoder reads more (0.51, printed here),
     and held-out reconstruction stays at the loss of each tubelet's mean (1.00 in norm-pix units):
     the tubelets across time carry the motion, and so short a pretraining adds nothing measurable.
     With the features' mean over space alone (no maximum) the clips read 0.25 and this test fails."""
